@@ -1,0 +1,1 @@
+"""sentiflow services, one package each."""

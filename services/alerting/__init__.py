@@ -1,0 +1,1 @@
+"""sentiflow alerting service."""

@@ -1,0 +1,1 @@
+"""sentiflow inference service."""

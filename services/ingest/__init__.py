@@ -1,0 +1,1 @@
+"""sentiflow ingest service."""
