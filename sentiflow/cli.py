@@ -1,0 +1,144 @@
+"""The ``sentiflow`` command: one subcommand per service, plus the dev stack and topics."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sentiflow.config import Settings, explicitly_set
+from sentiflow.lifecycle import install_stop_handlers
+from sentiflow.logs import setup_logging
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _dev_up(args: argparse.Namespace) -> int:
+    from sentiflow import devstack
+    from sentiflow.topics import ensure_topics, topic_specs
+
+    settings = Settings()
+    dev = settings.dev
+    state_dir = Path(args.state_dir or dev.state_dir)
+    if devstack.read_state(state_dir) is not None and not args.force:
+        print(
+            f"a dev stack may already run (state in {state_dir}); "
+            "run 'sentiflow dev down' first, or pass --force",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        stack = devstack.start(
+            host=dev.host,
+            kafka_port=args.kafka_port or dev.kafka_port,
+            redis_port=args.redis_port or dev.redis_port,
+            state_dir=state_dir,
+            external_kafka=(
+                settings.kafka.bootstrap_servers
+                if explicitly_set(settings.kafka, "bootstrap_servers")
+                else None
+            ),
+            external_redis=settings.redis.url if explicitly_set(settings.redis, "url") else None,
+            ready_timeout_s=dev.ready_timeout_s,
+            detach=args.detach,
+        )
+    except devstack.DevStackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": stack.bootstrap_servers})
+        topics = ensure_topics(kafka, topic_specs(settings.topics))
+        stack.write_state()
+        devstack.print_banner(stack, topics)
+    except BaseException:
+        stack.stop()
+        raise
+    if args.detach:
+        print("running in the background; stop it with: sentiflow dev down", flush=True)
+        return 0
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    print("press Ctrl-C to stop", flush=True)
+    try:
+        while not stop.wait(0.5):
+            for proc in stack.children():
+                if proc.poll() is not None:
+                    print(f"error: dev-stack process {proc.pid} exited", file=sys.stderr)
+                    return 1
+    finally:
+        stack.stop()
+        print("dev stack stopped", flush=True)
+    return 0
+
+
+def _dev_down(args: argparse.Namespace) -> int:
+    from sentiflow import devstack
+
+    state_dir = Path(args.state_dir or Settings().dev.state_dir)
+    stopped = devstack.stop_from_state(state_dir)
+    print(f"stopped {len(stopped)} process(es)" if stopped else "no dev stack running")
+    return 0
+
+
+def _topics_create(_args: argparse.Namespace) -> int:
+    from sentiflow.topics import ensure_topics, topic_specs
+
+    settings = Settings()
+    for name, outcome in sorted(
+        ensure_topics(settings.kafka, topic_specs(settings.topics)).items()
+    ):
+        print(f"{outcome:8} {name}")
+    return 0
+
+
+def _topics_list(_args: argparse.Namespace) -> int:
+    from sentiflow.topics import admin_client
+
+    settings = Settings()
+    meta = admin_client(settings.kafka).list_topics(timeout=10)
+    for name in sorted(meta.topics):
+        print(f"{name}\t{len(meta.topics[name].partitions)} partitions")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sentiflow",
+        description="Real-time text classification on Kafka with a closed learning loop.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="the embedded broker and Redis for one machine")
+    dev_sub = dev.add_subparsers(dest="action", required=True)
+    up = dev_sub.add_parser("up", help="start broker and Redis, create topics")
+    up.add_argument("--kafka-port", type=int, default=None)
+    up.add_argument("--redis-port", type=int, default=None)
+    up.add_argument("--state-dir", default=None, help="where logs and state go")
+    up.add_argument("--detach", action="store_true", help="return once ready; stop with 'down'")
+    up.add_argument("--force", action="store_true", help="ignore a stale state file")
+    up.set_defaults(func=_dev_up)
+    down = dev_sub.add_parser("down", help="stop the stack started by 'dev up'")
+    down.add_argument("--state-dir", default=None)
+    down.set_defaults(func=_dev_down)
+
+    topics = sub.add_parser("topics", help="create or list the topics")
+    topics_sub = topics.add_subparsers(dest="action", required=True)
+    topics_sub.add_parser("create", help="create missing topics (idempotent)").set_defaults(
+        func=_topics_create
+    )
+    topics_sub.add_parser("list", help="list topics on the broker").set_defaults(func=_topics_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    setup_logging("cli", settings.log_level, "console")
+    func: Command = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

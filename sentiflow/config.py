@@ -1,0 +1,152 @@
+"""Typed configuration shared by every service.
+
+Every service reads one frozen settings object built from, in order of precedence:
+constructor arguments, environment variables (prefix ``SENTIFLOW_``, nested with
+``__``, e.g. ``SENTIFLOW_KAFKA__BOOTSTRAP_SERVERS``), a TOML file named by
+``SENTIFLOW_CONFIG_FILE``, and defaults that work against the embedded dev stack.
+A service adds its own section by subclassing :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "SENTIFLOW_"
+CONFIG_FILE_ENV = "SENTIFLOW_CONFIG_FILE"
+
+DEFAULT_KAFKA_PORT = 19092
+DEFAULT_REDIS_PORT = 16379
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """How to reach Kafka, plus the client settings that every service shares."""
+
+    bootstrap_servers: str = f"127.0.0.1:{DEFAULT_KAFKA_PORT}"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    # Group joins take about half the session timeout on the embedded broker, so the
+    # librdkafka default (45 s) would make every start and failover crawl.
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    # New groups start from the beginning: the embedded broker's "latest" offset is
+    # off by up to a batch, and losing the first records of a topic is worse than
+    # re-reading a few.
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_poll_interval_ms: int = 300_000
+    message_max_bytes: int = 5 * 1024 * 1024
+    linger_ms: int = 5
+    flush_timeout_s: float = 10.0
+
+    def client_config(self) -> dict[str, str | int | float | bool]:
+        """The librdkafka properties for connecting (security included)."""
+        conf: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        return conf
+
+
+class RedisSettings(_Section):
+    url: str = f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
+    key_prefix: str = "sentiflow:"
+
+
+class TopicNames(_Section):
+    """Every topic name, configurable; ``prefix`` is put in front of all of them."""
+
+    prefix: str = ""
+    docs_raw: str = "docs.raw"
+    docs_dlq: str = "docs.dlq"
+    docs_scored: str = "docs.scored"
+    feedback_events: str = "feedback.events"
+    training_examples: str = "training.examples"
+    model_versions: str = "model.versions"
+    alerts_sentiment: str = "alerts.sentiment"
+    partitions: int = Field(default=4, ge=1)
+
+    def full(self, name: str) -> str:
+        """The broker-side name of a logical topic, e.g. ``full(self.docs_raw)``."""
+        return f"{self.prefix}{name}"
+
+
+class DevStackSettings(_Section):
+    """The embedded broker and Redis that ``sentiflow dev up`` starts."""
+
+    host: str = "127.0.0.1"
+    kafka_port: int = DEFAULT_KAFKA_PORT
+    redis_port: int = DEFAULT_REDIS_PORT
+    state_dir: Path = Path(".sentiflow/dev")
+    ready_timeout_s: float = 20.0
+
+
+class Settings(BaseSettings):
+    """Settings common to every service; services subclass it to add their section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+    )
+
+    service_name: str = "sentiflow"
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    topics: TopicNames = TopicNames()
+    dev: DevStackSettings = DevStackSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="0: no metrics server")
+    group_prefix: str = Field(default="sentiflow.", description="put before every group id")
+
+    def group_id(self, name: str) -> str:
+        return f"{self.group_prefix}{name}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def explicitly_set(section: BaseModel, field: str) -> bool:
+    """Whether a field was configured rather than left at its default.
+
+    The dev stack starts a broker or Redis only when the operator has not pointed
+    sentiflow at one of their own.
+    """
+    return field in section.model_fields_set

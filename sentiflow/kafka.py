@@ -1,0 +1,146 @@
+"""Kafka clients configured the way every sentiflow service needs them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+
+from sentiflow.config import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        **kafka.client_config(),
+        # librdkafka defaults to false: retries could otherwise duplicate or reorder.
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": kafka.linger_ms,
+        "message.max.bytes": kafka.message_max_bytes,
+        # Same partition for a key as Faust/aiokafka (the default CRC32 differs).
+        "partitioner": "murmur2_random",
+        "compression.type": "lz4",
+    }
+    conf.update(overrides)
+    return conf
+
+
+def consumer_config(kafka: KafkaSettings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        **kafka.client_config(),
+        "group.id": group_id,
+        # Offsets are committed by hand, only after the outputs were acknowledged.
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": kafka.auto_offset_reset,
+        "session.timeout.ms": kafka.session_timeout_ms,
+        "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
+        "max.poll.interval.ms": kafka.max_poll_interval_ms,
+        "fetch.message.max.bytes": kafka.message_max_bytes,
+        "partition.assignment.strategy": "range",
+    }
+    conf.update(overrides)
+    return conf
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
+    return Producer(producer_config(kafka, **overrides))
+
+
+def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: Any) -> Consumer:
+    return Consumer(consumer_config(kafka, group_id, **overrides))
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed record, detached from librdkafka so pure code can handle it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    timestamp_ms: int | None
+
+    @classmethod
+    def from_message(cls, msg: Message) -> Record:
+        ts_type, ts = msg.timestamp()
+        return cls(
+            topic=msg.topic() or "",
+            partition=msg.partition() or 0,
+            offset=msg.offset() or 0,
+            key=msg.key(),
+            value=msg.value(),
+            headers=_headers(msg),
+            timestamp_ms=ts if ts_type else None,
+        )
+
+
+def _headers(msg: Message) -> Headers:
+    raw = msg.headers() or []
+    items = raw.items() if isinstance(raw, dict) else raw
+    return [(k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in items]
+
+
+@dataclass(frozen=True)
+class Output:
+    """A record to produce as the result of processing an input."""
+
+    topic: str
+    value: bytes | None  # None: a tombstone
+    key: bytes | None = None
+    headers: Headers | None = None
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not take an output; its input must not be committed."""
+
+
+def produce(producer: Producer, output: Output, on_delivery: Any = None) -> None:
+    """Produce, waiting for room when the local queue is full instead of failing."""
+    while True:
+        try:
+            producer.produce(
+                output.topic,
+                value=output.value,
+                key=output.key,
+                headers=list(output.headers) if output.headers else None,
+                on_delivery=on_delivery,
+            )
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
+def flush(producer: Producer, timeout_s: float) -> int:
+    """Flush with a bound; return how many messages are still undelivered."""
+    remaining: int = producer.flush(timeout_s)
+    if remaining:
+        log.warning("%d messages still undelivered after %.1fs", remaining, timeout_s)
+    return remaining
+
+
+def produce_and_wait(producer: Producer, outputs: list[Output], timeout_s: float = 10.0) -> None:
+    """Produce a few records and raise unless every one was acknowledged."""
+    errors: list[KafkaError] = []
+
+    def report(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+
+    for output in outputs:
+        produce(producer, output, report)
+    deadline = time.monotonic() + timeout_s
+    while producer.flush(max(0.0, deadline - time.monotonic())) > 0:
+        if time.monotonic() >= deadline:
+            raise DeliveryError(f"{len(producer)} records not acknowledged in {timeout_s}s")
+    if errors:
+        raise DeliveryError(f"delivery failed: {errors[0]}")
