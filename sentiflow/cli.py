@@ -103,6 +103,12 @@ def _topics_list(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _inference(_args: argparse.Namespace) -> int:
+    from services.inference.main import main as inference_main
+
+    return inference_main()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sentiflow",
@@ -129,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         func=_topics_create
     )
     topics_sub.add_parser("list", help="list topics on the broker").set_defaults(func=_topics_list)
+
+    from services.trainer import commands as trainer_commands
+
+    trainer_commands.register(sub)
+    sub.add_parser(
+        "inference",
+        help="classify docs.raw into docs.scored and serve gRPC (SENTIFLOW_INFERENCE__*)",
+    ).set_defaults(func=_inference)
     return parser
 
 

@@ -1,0 +1,548 @@
+"""Model runners: a Hugging Face sequence-classification checkpoint in, labels out.
+
+Two runners share one contract, so the service can pick per machine without the rest
+of the code noticing: :class:`TorchRunner` (CPU fp32, or fp16/bf16 autocast on CUDA)
+and :class:`OnnxRunner` (ONNX Runtime on CPU, optionally int8 dynamic quantization,
+which is the fast CPU path). Both
+
+- refuse checkpoints with pickle-based files, because unpickling runs code, and load
+  safetensors only;
+- tokenize with a private copy of the checkpoint's fast tokenizer, truncating to the
+  model's maximum length and flagging each truncated text;
+- sort a call's texts by length into sub-batches and pad each only to its own
+  longest, so short texts do not pay for long ones;
+- return softmax scores named by ``config.id2label`` in the model's label order.
+
+Each runner is also a :class:`services.inference.batcher.Runner`: callable on a list
+of texts and carrying the ``version`` that every prediction is attributed to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import logging
+import os
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from tokenizers import Encoding, Tokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedConfig,
+)
+
+from sentiflow.artifacts import check_safe_checkpoint, file_sha256
+
+with contextlib.suppress(ImportError):
+    # Registers the "sentiflow-encoder" model type with the Auto classes.
+    import sentiflow.modeling  # noqa: F401
+
+__all__ = [
+    "OnnxRunner",
+    "Prediction",
+    "TorchRunner",
+    "checkpoint_key",
+    "export_onnx",
+    "quantize_onnx",
+]
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+
+OPSET = 17
+_SEGMENT_INPUT = "token_type_ids"
+# Above this a tokenizer's model_max_length is the "unset" sentinel, not a real limit.
+_UNSET_MAX_LENGTH = 1_000_000
+
+
+class Prediction(NamedTuple):
+    """One text's outcome; ``truncated`` says the model saw only the text's beginning."""
+
+    label: str
+    scores: dict[str, float]
+    truncated: bool = False
+
+
+# --- checkpoint metadata -------------------------------------------------------------
+
+
+def _labels(config: PreTrainedConfig) -> list[str]:
+    # Keys are ints once loaded, but a hand-edited config.json may keep them strings.
+    raw: Mapping[Any, Any] = config.id2label or {}
+    by_index = {int(key): str(name) for key, name in raw.items()}
+    return [by_index[i] for i in range(len(by_index))]
+
+
+def _max_positions(config: PreTrainedConfig) -> int | None:
+    """Position-embedding size, looking inside wrapper configs that nest an encoder's."""
+    for candidate in (config, getattr(config, "encoder", None)):
+        value = getattr(candidate, "max_position_embeddings", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def resolve_max_length(
+    tokenizer_max: int | None, max_positions: int | None, requested: int | None
+) -> int:
+    """The tightest of the requested length, the tokenizer's limit and the model's."""
+    limits = [
+        n
+        for n in (requested, tokenizer_max, max_positions)
+        if n is not None and 0 < n < _UNSET_MAX_LENGTH
+    ]
+    if not limits:
+        raise ValueError("cannot tell the model's maximum length; pass max_length")
+    return min(limits)
+
+
+def checkpoint_key(checkpoint: Path, extra: str = "") -> str:
+    """Content hash of what shapes an exported graph: config and weights.
+
+    Keying the export cache by content rather than path means a checkpoint republished
+    in place never reuses a stale graph, and a copy elsewhere reuses a fresh one.
+    """
+    digest = hashlib.sha256(f"opset={OPSET};{extra}\n".encode())
+    files = [checkpoint / "config.json", *sorted(checkpoint.glob("*.safetensors"))]
+    for path in files:
+        digest.update(f"{path.name} {file_sha256(path)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+# --- tokenization --------------------------------------------------------------------
+
+
+class _TextEncoder:
+    """A private, truncating, non-padding copy of a checkpoint's fast tokenizer.
+
+    The copy matters: the Hugging Face wrapper reconfigures its shared Rust tokenizer
+    on every call, which would race with other threads, and padding is done here per
+    length-sorted sub-batch instead.
+    """
+
+    def __init__(self, checkpoint: Path, requested_max_length: int | None) -> None:
+        wrapper = AutoTokenizer.from_pretrained(checkpoint)
+        backend = getattr(wrapper, "backend_tokenizer", None)
+        if not isinstance(backend, Tokenizer):
+            raise ValueError(f"{checkpoint}: a fast (Rust) tokenizer is required")
+        config = AutoConfig.from_pretrained(checkpoint)
+        self.max_length = resolve_max_length(
+            wrapper.model_max_length, _max_positions(config), requested_max_length
+        )
+        self.pad_id = int(wrapper.pad_token_id or 0)
+        self.wants_token_types = _SEGMENT_INPUT in wrapper.model_input_names
+        self._tokenizer = Tokenizer.from_str(backend.to_str())
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=self.max_length)
+
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        return list(self._tokenizer.encode_batch(list(texts), add_special_tokens=True))
+
+
+def pad_batch(
+    encodings: Sequence[Encoding], pad_id: int, with_token_types: bool
+) -> dict[str, IntArray]:
+    """Model inputs for a sub-batch, padded to its own longest member."""
+    width = max(len(e.ids) for e in encodings)
+    shape = (len(encodings), width)
+    input_ids = np.full(shape, pad_id, dtype=np.int64)
+    attention_mask = np.zeros(shape, dtype=np.int64)
+    token_types = np.zeros(shape, dtype=np.int64)
+    for row, enc in enumerate(encodings):
+        n = len(enc.ids)
+        input_ids[row, :n] = enc.ids
+        attention_mask[row, :n] = enc.attention_mask
+        token_types[row, :n] = enc.type_ids
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if with_token_types:
+        inputs[_SEGMENT_INPUT] = token_types
+    return inputs
+
+
+def length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped into sub-batches of similar length."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def softmax(logits: FloatArray) -> FloatArray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    result: FloatArray = exp / exp.sum(axis=-1, keepdims=True)
+    return result
+
+
+def to_predictions(
+    probs: FloatArray, labels: Sequence[str], truncated: Sequence[bool]
+) -> list[Prediction]:
+    return [
+        Prediction(
+            label=labels[int(row.argmax())],
+            scores={label: float(p) for label, p in zip(labels, row, strict=True)},
+            truncated=flag,
+        )
+        for row, flag in zip(probs, truncated, strict=True)
+    ]
+
+
+# --- the shared runner skeleton ------------------------------------------------------
+
+
+class _Runner:
+    """Tokenize, sort, sub-batch, score; subclasses supply ``_logits`` only."""
+
+    def __init__(
+        self,
+        checkpoint: Path | str,
+        *,
+        version: str | None,
+        batch_size: int,
+        max_length: int | None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.checkpoint = Path(checkpoint)
+        check_safe_checkpoint(self.checkpoint)
+        self._version = version if version is not None else self.checkpoint.name
+        self.batch_size = batch_size
+        self._encoder = _TextEncoder(self.checkpoint, max_length)
+        self.labels = _labels(AutoConfig.from_pretrained(self.checkpoint))
+        if len(self.labels) < 2:
+            raise ValueError(f"{self.checkpoint}: config.id2label names fewer than two labels")
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def max_length(self) -> int:
+        return self._encoder.max_length
+
+    def tokenize_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token counts after truncation, which is what padding and the batcher see."""
+        return [len(e.ids) for e in self._encoder.encode(texts)]
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        if not texts:
+            return []
+        encodings = self._encoder.encode(texts)
+        results: list[Prediction | None] = [None] * len(texts)
+        for chunk in length_sorted_chunks([len(e.ids) for e in encodings], self.batch_size):
+            batch = [encodings[i] for i in chunk]
+            inputs = pad_batch(batch, self._encoder.pad_id, self._feeds_token_types)
+            logits = self._logits(inputs)
+            if logits.shape != (len(chunk), len(self.labels)):
+                raise RuntimeError(
+                    f"model returned logits of shape {logits.shape} for "
+                    f"{len(chunk)} texts and {len(self.labels)} labels"
+                )
+            truncated = [len(e.overflowing) > 0 for e in batch]
+            for i, prediction in zip(
+                chunk, to_predictions(softmax(logits), self.labels, truncated), strict=True
+            ):
+                results[i] = prediction
+        return [r for r in results if r is not None]
+
+    def __call__(self, texts: Sequence[str], /) -> list[Prediction]:
+        return self.predict(texts)
+
+    @property
+    def _feeds_token_types(self) -> bool:
+        raise NotImplementedError
+
+    def _logits(self, inputs: Mapping[str, IntArray]) -> FloatArray:
+        raise NotImplementedError
+
+
+def _load_torch_model(checkpoint: Path) -> torch.nn.Module:
+    model: torch.nn.Module = AutoModelForSequenceClassification.from_pretrained(
+        checkpoint, use_safetensors=True, dtype=torch.float32
+    )
+    model.eval()
+    return model
+
+
+def _accepts(model: torch.nn.Module, argument: str) -> bool:
+    parameters = inspect.signature(model.forward).parameters
+    return argument in parameters
+
+
+def _input_names(model: torch.nn.Module, wants_token_types: bool) -> list[str]:
+    """Inputs to feed: token types only where both tokenizer and model use them.
+
+    Some models accept ``token_type_ids`` in their signature and then fail on it (an
+    MPNet encoder behind a generic head), while their tokenizer never produces them.
+    """
+    names = ["input_ids", "attention_mask"]
+    if wants_token_types and _accepts(model, _SEGMENT_INPUT):
+        names.append(_SEGMENT_INPUT)
+    return names
+
+
+# --- torch ---------------------------------------------------------------------------
+
+
+def _resolve_device(device: Device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _resolve_precision(device: torch.device, precision: Precision) -> torch.dtype | None:
+    """Autocast dtype, or None for plain fp32.
+
+    "auto" keeps CPU at fp32 (the accuracy reference) and uses bf16 on GPUs that have
+    it, fp16 elsewhere on CUDA.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class TorchRunner(_Runner):
+    """PyTorch inference; the GPU path, and the fp32 accuracy reference on CPU.
+
+    ``num_threads`` sets torch's intra-op threads for the whole process (torch has no
+    per-model setting); the default of 1 is what holds up on a small shared CPU,
+    where more threads collapse whenever another process is busy. None leaves it.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Path | str,
+        *,
+        version: str | None = None,
+        device: Device = "auto",
+        precision: Precision = "auto",
+        num_threads: int | None = 1,
+        batch_size: int = 64,
+        max_length: int | None = None,
+    ) -> None:
+        super().__init__(checkpoint, version=version, batch_size=batch_size, max_length=max_length)
+        self.device = _resolve_device(device)
+        self.autocast_dtype = _resolve_precision(self.device, precision)
+        if self.device.type == "cpu" and num_threads is not None:
+            torch.set_num_threads(num_threads)
+        self._model = _load_torch_model(self.checkpoint)
+        self._model.to(self.device)
+        self._names = _input_names(self._model, self._encoder.wants_token_types)
+
+    @property
+    def _feeds_token_types(self) -> bool:
+        return _SEGMENT_INPUT in self._names
+
+    def _logits(self, inputs: Mapping[str, IntArray]) -> FloatArray:
+        tensors = {
+            name: torch.from_numpy(array).to(self.device, non_blocking=True)
+            for name, array in inputs.items()
+        }
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                device_type=self.device.type,
+                dtype=self.autocast_dtype or torch.float32,
+                enabled=self.autocast_dtype is not None,
+            ),
+        ):
+            logits = self._model(**tensors).logits
+        result: FloatArray = logits.float().cpu().numpy()
+        return result
+
+
+# --- ONNX ----------------------------------------------------------------------------
+
+
+class _LogitsOnly(torch.nn.Module):
+    """Positional inputs in, logits out: the shape torch.onnx.export traces best."""
+
+    def __init__(self, model: torch.nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = list(names)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        outputs = self.model(**dict(zip(self.names, inputs, strict=True)), return_dict=True)
+        logits: torch.Tensor = outputs.logits
+        return logits
+
+
+def _tracing_example(n_inputs: int) -> tuple[torch.Tensor, ...]:
+    """Two rows, the second padded, so the traced graph keeps the general mask path.
+
+    Tracing records one path through data-dependent branches; with an all-ones mask
+    some attention implementations would skip masking and bake that into the graph.
+    """
+    ids = torch.full((2, 8), 100, dtype=torch.long)
+    mask = torch.ones((2, 8), dtype=torch.long)
+    mask[1, 5:] = 0
+    types = torch.zeros((2, 8), dtype=torch.long)
+    return (ids, mask, types)[:n_inputs]
+
+
+def _atomic_target(target: Path) -> Path:
+    return target.with_name(f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.onnx")
+
+
+def export_onnx(checkpoint: Path | str, target: Path) -> None:
+    """Export a checkpoint's logits to ONNX with dynamic batch and sequence axes.
+
+    The TorchScript exporter (``dynamo=False``) is used because the dynamo exporter
+    needs onnxscript, which the project does not ship. The file appears atomically, so
+    several instances exporting at once each leave a whole file.
+    """
+    root = Path(checkpoint)
+    check_safe_checkpoint(root)
+    wrapper_tokenizer = AutoTokenizer.from_pretrained(root)
+    model = _load_torch_model(root)
+    names = _input_names(model, _SEGMENT_INPUT in wrapper_tokenizer.model_input_names)
+    # A fresh Module is in training mode, and export restores the wrapper's mode
+    # recursively afterwards: without eval() here it would switch dropout on in `model`.
+    wrapper = _LogitsOnly(model, names).eval()
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    axes["logits"] = {0: "batch"}
+    tmp = _atomic_target(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper,
+                _tracing_example(len(names)),
+                str(tmp),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def quantize_onnx(source: Path, target: Path) -> None:
+    """Int8 dynamic quantization of the weights; activations stay float, no calibration."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = _atomic_target(target)
+    try:
+        quantize_dynamic(source, tmp, weight_type=QuantType.QInt8)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def default_cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sentiflow" / "onnx"
+
+
+def cache_candidates(checkpoint: Path, key: str, cache_dir: Path | None) -> list[Path]:
+    """Where an export may live, preferred first.
+
+    Beside the checkpoint, not inside it: the checkpoint directory is verified file by
+    file against the manifest it was published with, and a new file in it would fail
+    that check. The cache directory serves read-only checkpoints.
+    """
+    beside = checkpoint.parent / f"{checkpoint.name}.onnx" / key
+    return [beside, (cache_dir or default_cache_root()) / key]
+
+
+def _writable_dir(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
+
+
+class OnnxRunner(_Runner):
+    """ONNX Runtime on CPU: the fast path there, int8 with ``quantize=True``.
+
+    The graph is exported on first use and cached by checkpoint content (see
+    :func:`cache_candidates`); later loads, in this process or another, reuse it.
+    ``exported`` tells whether this instance had to build it.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Path | str,
+        *,
+        version: str | None = None,
+        quantize: bool = False,
+        cache_dir: Path | str | None = None,
+        num_threads: int = 1,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        batch_size: int = 64,
+        max_length: int | None = None,
+    ) -> None:
+        super().__init__(checkpoint, version=version, batch_size=batch_size, max_length=max_length)
+        self.quantized = quantize
+        self.onnx_path, self.exported = self._ensure_graph(
+            Path(cache_dir) if cache_dir is not None else None
+        )
+        self._session = _session(self.onnx_path, num_threads, providers)
+        self._names = [i.name for i in self._session.get_inputs()]
+
+    @property
+    def _feeds_token_types(self) -> bool:
+        return _SEGMENT_INPUT in self._names
+
+    def _ensure_graph(self, cache_dir: Path | None) -> tuple[Path, bool]:
+        filename = "model.int8.onnx" if self.quantized else "model.onnx"
+        candidates = cache_candidates(self.checkpoint, checkpoint_key(self.checkpoint), cache_dir)
+        for directory in candidates:
+            if (directory / filename).is_file():
+                return directory / filename, False
+        for directory in candidates:
+            if _writable_dir(directory):
+                self._build(directory)
+                return directory / filename, True
+        raise PermissionError(f"no writable ONNX cache among {[str(c) for c in candidates]}")
+
+    def _build(self, directory: Path) -> None:
+        fp32 = directory / "model.onnx"
+        if not fp32.is_file():
+            log.info("exporting %s to %s", self.checkpoint, fp32)
+            export_onnx(self.checkpoint, fp32)
+        if self.quantized:
+            log.info("quantizing %s to int8", fp32)
+            quantize_onnx(fp32, directory / "model.int8.onnx")
+
+    def _logits(self, inputs: Mapping[str, IntArray]) -> FloatArray:
+        feed = {name: inputs[name] for name in self._names}
+        outputs: list[Any] = self._session.run(["logits"], feed)
+        return np.asarray(outputs[0], dtype=np.float32)
+
+
+def _session(path: Path, num_threads: int, providers: Sequence[str]) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))

@@ -1,0 +1,181 @@
+"""The Classifier gRPC service over the shared model manager.
+
+Handlers are registered by hand rather than through the generated servicer so that a
+request that fails to deserialize (for example invalid UTF-8 in a string field)
+becomes INVALID_ARGUMENT with a message, not an opaque INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from sentiflow.errors import DeadlineExceededError, InvalidInputError, grpc_status
+from sentiflow.v1 import classifier_pb2, events_pb2
+from services.inference import metrics
+from services.inference.config import InferenceOptions
+from services.inference.models import ModelManager, Scored
+from services.inference.validation import batch_texts, model_text
+
+log = logging.getLogger(__name__)
+
+SERVICE = "sentiflow.v1.Classifier"
+M = TypeVar("M", bound=Message)
+
+
+def to_model_prediction(model: str, scored: Scored) -> events_pb2.ModelPrediction:
+    pred = scored.value
+    return events_pb2.ModelPrediction(
+        model=model,
+        version=scored.version,
+        label=pred.label,
+        scores=[events_pb2.LabelScore(label=k, score=v) for k, v in pred.scores.items()],
+        truncated=pred.truncated,
+    )
+
+
+def _parse(message_type: type[M], data: bytes) -> M:
+    msg = message_type()
+    try:
+        msg.ParseFromString(data)
+    except (DecodeError, RecursionError, ValueError) as exc:
+        raise InvalidInputError(
+            f"request is not a valid {message_type.DESCRIPTOR.name} "
+            f"(invalid UTF-8 in a string field?): {exc}"
+        ) from exc
+    return msg
+
+
+def _remaining(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    # Without a deadline gRPC reports a remaining time far beyond what a wait accepts.
+    if remaining is None or remaining > 86_400:
+        return None
+    return max(0.0, remaining)
+
+
+class ClassifierService:
+    def __init__(self, manager: ModelManager, options: InferenceOptions) -> None:
+        self._manager = manager
+        self._options = options
+
+    # -- shared ----------------------------------------------------------------------
+
+    def _score(
+        self, texts: Sequence[str], models: Sequence[str], context: grpc.ServicerContext
+    ) -> list[list[events_pb2.ModelPrediction]]:
+        names = self._manager.resolve_models(models)
+        futures = self._manager.submit(texts, names, block=False)
+        deadline = _remaining(context)
+        started = time.monotonic()
+        results: list[list[events_pb2.ModelPrediction]] = [[] for _ in texts]
+        try:
+            for name in names:
+                for i, future in enumerate(futures[name]):
+                    timeout = None if deadline is None else deadline - (time.monotonic() - started)
+                    results[i].append(to_model_prediction(name, future.result(timeout=timeout)))
+        except FutureTimeout:
+            _cancel(futures)
+            raise DeadlineExceededError("deadline passed before the model answered") from None
+        for name in names:
+            version = futures[name][0].result().version if futures[name] else ""
+            metrics.DOCUMENTS.labels(name, version, "grpc").inc(len(texts))
+        return results
+
+    # -- methods -----------------------------------------------------------------------
+
+    def classify(
+        self, request: classifier_pb2.ClassifyRequest, context: grpc.ServicerContext
+    ) -> classifier_pb2.ClassifyResponse:
+        text = model_text(request.text, self._options.max_text_chars)
+        (predictions,) = self._score([text], request.models, context)
+        return classifier_pb2.ClassifyResponse(
+            request_id=request.request_id, predictions=predictions
+        )
+
+    def classify_batch(
+        self, request: classifier_pb2.ClassifyBatchRequest, context: grpc.ServicerContext
+    ) -> classifier_pb2.ClassifyBatchResponse:
+        texts = batch_texts(
+            request.texts, self._options.max_batch_items, self._options.max_text_chars
+        )
+        results = self._score(texts, request.models, context)
+        return classifier_pb2.ClassifyBatchResponse(
+            results=[classifier_pb2.ClassifyResponse(predictions=p) for p in results]
+        )
+
+    def classify_stream(
+        self, requests: Iterator[classifier_pb2.ClassifyRequest], context: grpc.ServicerContext
+    ) -> Iterator[classifier_pb2.ClassifyResponse]:
+        for request in requests:
+            yield self.classify(request, context)
+
+    def get_model(
+        self, request: classifier_pb2.GetModelRequest, _context: grpc.ServicerContext
+    ) -> classifier_pb2.GetModelResponse:
+        names = self._manager.resolve_models([request.model] if request.model else [])
+        serving, shadows = self._manager.serving(), self._manager.shadows()
+        versions = [serving[n] for n in names if n in serving]
+        versions += [shadows[n] for n in names if n in shadows]
+        return classifier_pb2.GetModelResponse(versions=versions)
+
+    # -- registration -----------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(
+            method: str,
+            request_type: type[M],
+            fn: Callable[[Any, grpc.ServicerContext], Message],
+        ) -> grpc.RpcMethodHandler[bytes, bytes]:
+            def run(data: bytes, context: grpc.ServicerContext) -> bytes:
+                started = time.monotonic()
+                try:
+                    return fn(_parse(request_type, data), context).SerializeToString()
+                except Exception as exc:
+                    _abort(context, exc)
+                    raise  # unreachable: abort raises
+                finally:
+                    metrics.REQUEST_SECONDS.labels(method).observe(time.monotonic() - started)
+
+            return grpc.unary_unary_rpc_method_handler(run)
+
+        def stream(data_iter: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+            try:
+                requests = (_parse(classifier_pb2.ClassifyRequest, d) for d in data_iter)
+                for response in self.classify_stream(requests, context):
+                    yield response.SerializeToString()
+            except Exception as exc:
+                _abort(context, exc)
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Classify": unary("Classify", classifier_pb2.ClassifyRequest, self.classify),
+                "ClassifyBatch": unary(
+                    "ClassifyBatch", classifier_pb2.ClassifyBatchRequest, self.classify_batch
+                ),
+                "ClassifyStream": grpc.stream_stream_rpc_method_handler(stream),
+                "GetModel": unary("GetModel", classifier_pb2.GetModelRequest, self.get_model),
+            },
+        )
+
+
+def _cancel(futures: dict[str, list[Future[Scored]]]) -> None:
+    for group in futures.values():
+        for future in group:
+            future.cancel()
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
+    code = grpc_status(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("unexpected error in a gRPC handler")
+    metrics.ERRORS.labels(code.name.lower()).inc()
+    context.abort(code, str(exc) or type(exc).__name__)

@@ -1,0 +1,103 @@
+"""Wiring of the inference service: config in, clients built, signals handled, run."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sentiflow.grpcserver import create_server, set_serving
+from sentiflow.kafka import make_consumer, make_producer
+from sentiflow.lifecycle import install_stop_handlers
+from sentiflow.logs import setup_logging
+from sentiflow.loop import LoopConfig, ProcessingLoop
+from sentiflow.metrics import HealthServer
+from sentiflow.modelversions import VersionWatcher
+from sentiflow.ratelimit import RateLimiter
+from services.inference.config import InferenceSettings
+from services.inference.grpc_api import SERVICE, ClassifierService
+from services.inference.kafka_path import make_handler
+from services.inference.models import ModelManager
+
+log = logging.getLogger(__name__)
+
+
+def run(settings: InferenceSettings, stop: threading.Event | None = None) -> int:
+    """Serve until stopped.
+
+    1. Start the health/metrics endpoint and the gRPC server (NOT_SERVING, and
+       FAILED_PRECONDITION answers, until a model is loaded).
+    2. Load configured local checkpoints, or follow model.versions.
+    3. Once every model is loaded: health SERVING, and the Kafka loop starts consuming
+       docs.raw (before that, docs.raw waits unconsumed).
+    4. On SIGTERM: health NOT_SERVING, the loop commits what it finished, gRPC drains.
+    """
+    options = settings.inference
+    topics = settings.topics
+    stop = stop or threading.Event()
+    manager = ModelManager(options)
+    loop: ProcessingLoop | None = None
+
+    def readiness() -> tuple[bool, dict[str, object]]:
+        serving = {n: v.version for n, v in manager.serving().items()}
+        assigned = sorted(loop.stats.assigned) if loop is not None else []
+        kafka_ok = not options.kafka_enabled or bool(assigned)
+        return manager.ready() and kafka_ok, {"models": serving, "partitions": len(assigned)}
+
+    health_http = HealthServer(port=settings.metrics_port, ready=readiness).start()
+    limiter = RateLimiter(options.quota_rps, options.quota_burst) if options.quota_rps else None
+    server, port, health = create_server(
+        options.grpc_address,
+        [ClassifierService(manager, options).handler()],
+        [SERVICE],
+        keys=options.api_keys,
+        limiter=limiter,
+        max_workers=options.grpc_workers,
+    )
+    server.start()
+    log.info("gRPC on port %d, metrics on port %d", port, health_http.port)
+
+    watcher: VersionWatcher | None = None
+    if options.model_paths:
+        manager.load_local_paths()
+    else:
+        watcher = VersionWatcher(
+            settings.kafka, topics.full(topics.model_versions), manager.on_change
+        ).start()
+
+    try:
+        while not stop.is_set() and not manager.wait_ready(timeout=0.5):
+            pass
+        if manager.ready():
+            set_serving(health, [SERVICE], True)
+        if options.kafka_enabled and not stop.is_set():
+            loop = ProcessingLoop(
+                make_consumer(settings.kafka, settings.group_id(options.group)),
+                make_producer(settings.kafka),
+                make_handler(manager, topics.full(topics.docs_scored), options.max_text_chars),
+                LoopConfig(
+                    topics=[topics.full(topics.docs_raw)],
+                    dlq_topic=topics.full(topics.docs_dlq),
+                    service="inference",
+                    max_batch=options.kafka_batch,
+                ),
+                stop=stop,
+            )
+            loop.run()
+        else:
+            stop.wait()
+    finally:
+        set_serving(health, [SERVICE], False)
+        server.stop(grace=5).wait()
+        if watcher is not None:
+            watcher.stop()
+        manager.close()
+        health_http.stop()
+    return 0
+
+
+def main() -> int:
+    settings = InferenceSettings()
+    setup_logging("inference", settings.log_level, settings.log_format)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    return run(settings, stop)

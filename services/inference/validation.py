@@ -1,0 +1,34 @@
+"""What the inference service accepts, as pure checks that raise InvalidInputError."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sentiflow.errors import InvalidInputError
+from sentiflow.text import clean_for_model, has_nul
+
+
+def model_text(text: str, max_chars: int) -> str:
+    """The text the model will read, or InvalidInputError saying why there is none."""
+    if has_nul(text):
+        raise InvalidInputError("text contains a NUL character")
+    if len(text) > max_chars:
+        raise InvalidInputError(f"text has {len(text)} code points; the limit is {max_chars}")
+    cleaned = clean_for_model(text)
+    if not cleaned:
+        raise InvalidInputError("text is empty or whitespace only")
+    return cleaned
+
+
+def batch_texts(texts: Sequence[str], max_items: int, max_chars: int) -> list[str]:
+    if not texts:
+        raise InvalidInputError("batch is empty")
+    if len(texts) > max_items:
+        raise InvalidInputError(f"batch has {len(texts)} texts; the limit is {max_items}")
+    out = []
+    for i, text in enumerate(texts):
+        try:
+            out.append(model_text(text, max_chars))
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"texts[{i}]: {exc}") from None
+    return out

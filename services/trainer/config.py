@@ -1,0 +1,42 @@
+"""Trainer settings: ``SENTIFLOW_TRAINER__*`` env vars or ``[trainer]`` in the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sentiflow.config import Settings
+
+REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "twitter-financial-news"
+
+
+class TrainerOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = "sentiment"
+    registry_root: Path = Path("var/registry")
+    seed_data: Path = REPO_DATA
+    group: str = "trainer"
+    # When a round starts: this many new settled examples, or any after this long.
+    min_new_examples: int = Field(default=200, ge=1)
+    max_interval_s: float = Field(default=3600.0, gt=0)
+    check_interval_s: float = Field(default=1.0, gt=0)
+    retry_after_s: float = Field(default=60.0, ge=0, description="after a failed round")
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    replay_ratio: float = Field(default=1.0, ge=0)
+    epochs: float = Field(default=2.0, gt=0)
+    learning_rate: float = Field(default=3e-5, gt=0)
+    # The gate: macro-F1 on the feedback hold-out must rise by min_improvement, and no
+    # held-out set may fall by more than tolerance.
+    min_improvement: float = 0.005
+    tolerance: float = 0.01
+    min_holdout: int = Field(default=30, ge=1)
+    promote_to: Literal["production", "shadow"] = "production"
+    shadow_share: float = Field(default=0.2, ge=0, le=1)
+
+
+class TrainerSettings(Settings):
+    service_name: str = "trainer"
+    trainer: TrainerOptions = TrainerOptions()

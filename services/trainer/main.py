@@ -1,0 +1,58 @@
+"""Wiring of the trainer service."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sentiflow.lifecycle import install_stop_handlers
+from sentiflow.logs import setup_logging
+from sentiflow.metrics import HealthServer
+from services.trainer.bootstrap import DataOptions, find_split
+from services.trainer.config import TrainerSettings
+from services.trainer.data import load_labeled
+from services.trainer.publish import Publisher
+from services.trainer.registry import Registry
+from services.trainer.service import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def build(settings: TrainerSettings) -> Trainer:
+    options = settings.trainer
+    data = DataOptions()
+    splits = {}
+    for split in ("train", "valid"):
+        path = find_split(options.seed_data, split)
+        if path is None:
+            raise FileNotFoundError(f"no {split} split in {options.seed_data}")
+        splits[split] = load_labeled(path, label_map=data.resolved_label_map())
+    return Trainer(
+        settings,
+        Registry(options.registry_root),
+        Publisher(settings.kafka, settings.topics),
+        splits["train"],
+        splits["valid"],
+    )
+
+
+def main(stop: threading.Event) -> int:
+    settings = TrainerSettings()
+    setup_logging("trainer", settings.log_level, settings.log_format)
+    install_stop_handlers(stop)
+    trainer = build(settings)
+    registry = Registry(settings.trainer.registry_root)
+
+    def readiness() -> tuple[bool, dict[str, object]]:
+        production = registry.production(settings.trainer.model)
+        return production is not None, {
+            "production": production.version if production else None,
+            "examples": len(trainer.reader.store),
+        }
+
+    health = HealthServer(port=settings.metrics_port, ready=readiness).start()
+    try:
+        trainer.run(stop)
+    finally:
+        health.stop()
+    return 0

@@ -1,0 +1,230 @@
+"""The trainer as a service: follow training.examples, run rounds, publish versions.
+
+Progress lives beside the registry (``trainer_state.json``): the offsets of
+training.examples that the last finished round trained through. A round that
+crashes never writes it, so its examples are still pending after a restart, and
+production is untouched because nothing is registered until the gate has decided.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from google.protobuf.message import DecodeError
+from prometheus_client import Counter, Gauge, Histogram
+
+from sentiflow.kafka import consumer_config
+from sentiflow.v1 import events_pb2
+from services.trainer.config import TrainerSettings
+from services.trainer.data import LabeledData
+from services.trainer.examples import Example, ExampleStore
+from services.trainer.finetune import TrainConfig
+from services.trainer.gate import GateConfig
+from services.trainer.publish import Publisher
+from services.trainer.registry import Registry
+from services.trainer.rounds import RoundConfig, RoundResult, plan, run_round, should_run
+
+log = logging.getLogger(__name__)
+
+ROUNDS = Counter("sentiflow_trainer_rounds", "fine-tuning rounds by outcome", ["outcome"])
+ROUND_SECONDS = Histogram(
+    "sentiflow_trainer_round_seconds", "round wall time", buckets=(10, 30, 60, 120, 180, 300, 600)
+)
+PENDING = Gauge("sentiflow_trainer_pending_examples", "settled examples not yet trained on")
+EXAMPLES = Gauge("sentiflow_trainer_examples", "settled examples known")
+
+STATE_FILE = "trainer_state.json"
+
+
+def round_config(settings: TrainerSettings) -> RoundConfig:
+    o = settings.trainer
+    return RoundConfig(
+        min_new_examples=o.min_new_examples,
+        max_interval_s=o.max_interval_s,
+        holdout_fraction=o.holdout_fraction,
+        replay_ratio=o.replay_ratio,
+        train=replace(
+            TrainConfig(), epochs=o.epochs, learning_rate=o.learning_rate, warmup_ratio=0.1
+        ),
+        gate=GateConfig(
+            min_improvement=o.min_improvement, tolerance=o.tolerance, min_holdout=o.min_holdout
+        ),
+        promote_to=o.promote_to,
+    )
+
+
+class ExampleReader:
+    """Reads training.examples from the beginning into the store, in a thread.
+
+    Every trainer needs every example (replay draws on all of them), so it assigns
+    all partitions itself instead of sharing them through a consumer group.
+    """
+
+    def __init__(self, settings: TrainerSettings, store: ExampleStore) -> None:
+        self._settings = settings
+        self._topic = settings.topics.full(settings.topics.training_examples)
+        self.store = store
+        self.lock = threading.Lock()
+        self.high: dict[int, int] = {}
+        self.caught_up = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="examples-reader", daemon=True)
+
+    def start(self) -> ExampleReader:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        consumer = Consumer(
+            consumer_config(
+                self._settings.kafka,
+                f"trainer-reader-{uuid.uuid4().hex}",
+                **{"enable.partition.eof": True},
+            )
+        )
+        try:
+            meta = consumer.list_topics(self._topic, timeout=10)
+            parts = sorted(meta.topics[self._topic].partitions)
+            consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in parts])
+            at_end: set[int] = set()
+            while not self._stop.is_set():
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(msg.partition() or 0)
+                        if len(at_end) >= len(parts):
+                            self.caught_up.set()
+                    else:
+                        log.warning("training.examples: %s", err)
+                    continue
+                example = events_pb2.LabeledExample()
+                try:
+                    example.ParseFromString(msg.value() or b"")
+                except DecodeError:
+                    log.warning("undecodable training example skipped")
+                    continue
+                partition, offset = msg.partition() or 0, msg.offset() or 0
+                with self.lock:
+                    self.store.add(example, partition, offset)
+                    self.high[partition] = max(self.high.get(partition, 0), offset + 1)
+        finally:
+            consumer.close()
+
+
+class Trainer:
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        registry: Registry,
+        publisher: Publisher,
+        seed_train: LabeledData,
+        seed_valid: LabeledData,
+    ) -> None:
+        self._settings = settings
+        self._options = settings.trainer
+        self._registry = registry
+        self._publisher = publisher
+        self._seed_train = (list(seed_train.texts), list(seed_train.labels))
+        self._seed_valid = (list(seed_valid.texts), list(seed_valid.labels))
+        self._config = round_config(settings)
+        self.reader = ExampleReader(settings, ExampleStore(self._options.model))
+        self._state_path = Path(self._options.registry_root) / self._options.model / STATE_FILE
+        self.last_result: RoundResult | None = None
+
+    # -- progress ---------------------------------------------------------------------
+
+    def _load_state(self) -> tuple[dict[int, int], float]:
+        try:
+            state = json.loads(self._state_path.read_text())
+        except FileNotFoundError:
+            return {}, time.time()
+        through = {int(p): int(o) for p, o in state.get("trained_through", {}).items()}
+        return through, float(state.get("last_round", time.time()))
+
+    def _save_state(self, through: dict[int, int], last_round: float) -> None:
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"trained_through": through, "last_round": last_round}))
+        tmp.replace(self._state_path)
+
+    def _reconcile(self, through: dict[int, int]) -> dict[int, int]:
+        """Forget offsets beyond the topic's end: the topic was recreated (broker restart)."""
+        with self.reader.lock:
+            high = dict(self.reader.high)
+        if any(offset > high.get(p, 0) for p, offset in through.items()):
+            log.warning("training.examples is shorter than recorded progress; starting over")
+            return {}
+        return through
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        self._publisher.republish_production(self._registry)
+        self.reader.start()
+        self.reader.caught_up.wait(timeout=30)
+        through, last_round = self._load_state()
+        through = self._reconcile(through)
+        retry_after = 0.0
+        try:
+            while not stop.wait(self._options.check_interval_s):
+                with self.reader.lock:
+                    pending = self.reader.store.pending(through)
+                    everything = self.reader.store.all()
+                PENDING.set(len(pending))
+                EXAMPLES.set(len(everything))
+                if time.time() < retry_after or not should_run(
+                    len(pending), time.time() - last_round, self._config
+                ):
+                    continue
+                try:
+                    self.round(pending, everything)
+                except Exception:
+                    # Production is untouched and the examples stay pending; try later.
+                    log.exception("round failed; retrying in %.0fs", self._options.retry_after_s)
+                    retry_after = time.time() + self._options.retry_after_s
+                    continue
+                through = {**through, **ExampleStore.positions(pending)}
+                last_round = time.time()
+                self._save_state(through, last_round)
+        finally:
+            self.reader.stop()
+
+    def round(self, pending: list[Example], everything: list[Example]) -> RoundResult:
+        model = self._options.model
+        data = plan(pending, everything, self._seed_train, self._config)
+        log.info(
+            "round: %d new, %d replayed, %d held out",
+            data.new_examples,
+            data.replayed,
+            len(data.holdout_texts),
+        )
+        try:
+            result = run_round(self._registry, model, data, self._seed_valid, self._config)
+        except Exception:
+            ROUNDS.labels("failed").inc()
+            raise
+        ROUNDS.labels("promoted" if result.verdict.promote else "rejected").inc()
+        ROUND_SECONDS.observe(result.seconds)
+        self._publisher.publish(result.version, self._options.shadow_share)
+        log.info(
+            "round done: %s %s (%s)",
+            result.version.version,
+            result.version.stage,
+            result.verdict.reason,
+        )
+        self.last_result = result
+        return result

@@ -1,0 +1,271 @@
+"""The inference service end to end over the real broker and gRPC, in-process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sentiflow import devstack
+from sentiflow.config import Settings
+from sentiflow.kafka import Output, make_producer, produce_and_wait
+from sentiflow.v1 import events_pb2
+from services.inference.client import ClassifierClient
+from services.inference.config import InferenceOptions, InferenceSettings
+from services.inference.main import run
+from tests.kafkautil import read_topic
+from tests.tinymodel import make_checkpoint, model_version
+
+pytestmark = pytest.mark.integration
+
+
+class Running:
+    def __init__(self, settings: InferenceSettings) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=run, args=(settings, self.stop), daemon=True)
+        self.address = settings.inference.grpc_address
+
+    def client(self, api_key: str | None = None) -> ClassifierClient:
+        return ClassifierClient(self.address, api_key=api_key)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {v: make_checkpoint(root / v, seed=i) for i, v in enumerate(["v1", "v2", "v3"])}
+
+
+def _settings(settings: Settings, tmp_path: Path, **options: object) -> InferenceSettings:
+    return InferenceSettings(
+        kafka=settings.kafka,
+        redis=settings.redis,
+        topics=settings.topics,
+        group_prefix=settings.group_prefix,
+        inference=InferenceOptions(
+            grpc_address=f"127.0.0.1:{devstack.free_port()}",
+            backend="onnx",
+            quantize=True,
+            onnx_cache_dir=tmp_path / "onnx-cache",
+            **options,  # type: ignore[arg-type]
+        ),
+    )
+
+
+@pytest.fixture
+def service(settings: Settings, tmp_path: Path) -> Iterator[Running]:
+    running = Running(_settings(settings, tmp_path, api_keys={"k-alice": "alice"}))
+    running.thread.start()
+    yield running
+    running.stop.set()
+    running.thread.join(timeout=30)
+    assert not running.thread.is_alive()
+
+
+def _publish(settings: Settings, *versions: events_pb2.ModelVersion) -> None:
+    topic = settings.topics.full(settings.topics.model_versions)
+    produce_and_wait(
+        make_producer(settings.kafka),
+        [Output(topic, v.SerializeToString(), key=v.model.encode()) for v in versions],
+    )
+
+
+def _wait_version(client: ClassifierClient, version: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if any(v.version == version for v in client.get_model()):
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{version} never served")
+
+
+def _health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        stub: Any = health_pb2_grpc.HealthStub(channel)
+        return int(stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status)
+
+
+def _wait_grpc_up(running: Running) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            _health(running.address)
+            return
+        except grpc.RpcError:
+            time.sleep(0.05)
+    raise AssertionError("gRPC server never came up")
+
+
+def test_no_model_yet_then_kafka_and_grpc_classify(
+    service: Running, settings: Settings, checkpoints: dict[str, Path]
+) -> None:
+    topics = settings.topics
+    _wait_grpc_up(service)
+    with service.client("k-alice") as client:
+        # 1. No model: not serving, FAILED_PRECONDITION, docs.raw untouched.
+        assert _health(service.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.RpcError) as caught:
+            client.classify("stocks rally")
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no model version published yet" in (caught.value.details() or "")
+
+        docs = [
+            events_pb2.Document(id=f"d{i}", text=f"stocks {'rally' if i % 2 else 'slump'} {i}")
+            for i in range(300)
+        ]
+        raw = topics.full(topics.docs_raw)
+        produce_and_wait(
+            make_producer(settings.kafka),
+            [Output(raw, d.SerializeToString(), key=d.id.encode()) for d in docs],
+        )
+        assert (
+            read_topic(settings.kafka, topics.full(topics.docs_scored), expect=1, timeout_s=2) == []
+        )
+
+        # 2. A version is published: it is served on both paths.
+        _publish(settings, model_version(checkpoints["v1"], "v1"))
+        _wait_version(client, "v1")
+        assert _health(service.address) == health_pb2.HealthCheckResponse.SERVING
+        (pred,) = client.classify("stocks rally")
+        assert pred.version == "v1"
+        assert pred.label in {"negative", "neutral", "positive"}
+        assert abs(sum(s.score for s in pred.scores) - 1.0) < 1e-4
+
+    scored = read_topic(
+        settings.kafka, topics.full(topics.docs_scored), expect=300, timeout_s=60, settle_s=2
+    )
+    labels: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for msg in scored:
+        prediction = events_pb2.Prediction()
+        prediction.ParseFromString(msg.value() or b"")
+        (p,) = prediction.predictions
+        labels[(prediction.document.id, p.version)].add(p.label)
+        assert msg.key() == prediction.document.id.encode(), "keyed like the input"
+    assert {doc_id for doc_id, _ in labels} == {d.id for d in docs}, "none lost"
+    assert all(len(v) == 1 for v in labels.values()), "never two labels per (doc, version)"
+
+
+def test_grpc_bad_input_and_auth(
+    service: Running, settings: Settings, checkpoints: dict[str, Path]
+) -> None:
+    _publish(settings, model_version(checkpoints["v1"], "v1"))
+    with service.client("k-alice") as client:
+        _wait_version(client, "v1")
+
+        def code(call: Callable[[], object]) -> grpc.StatusCode:
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            status: grpc.StatusCode = caught.value.code()
+            return status
+
+        assert code(lambda: client.classify("")) == grpc.StatusCode.INVALID_ARGUMENT
+        assert code(lambda: client.classify(" \u200b\t ")) == grpc.StatusCode.INVALID_ARGUMENT
+        assert code(lambda: client.classify("x" * 20_001)) == grpc.StatusCode.INVALID_ARGUMENT
+        assert code(lambda: client.classify_batch([])) == grpc.StatusCode.INVALID_ARGUMENT
+        assert code(lambda: client.classify_batch(["a"] * 257)) == grpc.StatusCode.INVALID_ARGUMENT
+        assert code(lambda: client.classify("a", models=["topic"])) == (
+            grpc.StatusCode.INVALID_ARGUMENT
+        )
+        results = client.classify_batch(["stocks rally", "bank loss"])
+        assert [len(r) for r in results] == [1, 1]
+        streamed = list(client.classify_stream(["a b", "oil slump", "gold"]))
+        assert [r.request_id for r in streamed] == ["0", "1", "2"]
+
+    # Invalid UTF-8 in the text field, sent as raw bytes past the client's encoder.
+    with grpc.insecure_channel(service.address) as channel:
+        raw_call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/sentiflow.v1.Classifier/Classify"
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            raw_call(b"\x0a\x02\xc3\x28", metadata=(("x-api-key", "k-alice"),), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "UTF-8" in (caught.value.details() or "")
+
+    with service.client() as anonymous, pytest.raises(grpc.RpcError) as caught:
+        anonymous.classify("stocks")
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with service.client("wrong") as stranger, pytest.raises(grpc.RpcError) as caught:
+        stranger.classify("stocks")
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_swap_under_load_fails_no_request(
+    service: Running, settings: Settings, checkpoints: dict[str, Path]
+) -> None:
+    _publish(settings, model_version(checkpoints["v1"], "v1"))
+    with service.client("k-alice") as client:
+        _wait_version(client, "v1")
+        stop = threading.Event()
+        versions: Counter[str] = Counter()
+        failures: list[BaseException] = []
+
+        def hammer(worker: int) -> None:
+            i = 0
+            while not stop.is_set():
+                try:
+                    (pred,) = client.classify(f"stocks rally {worker} {i}")
+                    versions[pred.version] += 1
+                except grpc.RpcError as exc:
+                    failures.append(exc)
+                i += 1
+
+        with ThreadPoolExecutor(4) as pool:
+            for w in range(4):
+                pool.submit(hammer, w)
+            time.sleep(1.0)
+            _publish(settings, model_version(checkpoints["v2"], "v2"))
+            deadline = time.monotonic() + 60
+            while versions["v2"] < 50 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            stop.set()
+    assert failures == []
+    assert versions["v1"] > 0
+    assert versions["v2"] >= 50
+    assert set(versions) == {"v1", "v2"}
+
+
+def test_tampered_artifact_is_refused_and_rollback_is_followed(
+    service: Running, settings: Settings, checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    _publish(settings, model_version(checkpoints["v1"], "v1"))
+    with service.client("k-alice") as client:
+        _wait_version(client, "v1")
+        bad = model_version(checkpoints["v2"], "v2-tampered")
+        bad.sha256 = "0" * 64
+        _publish(
+            settings,
+            bad,
+            model_version(
+                checkpoints["v3"], "v3", stage=events_pb2.MODEL_STAGE_SHADOW, shadow_share=1.0
+            ),
+        )
+        _wait_version(client, "v3")  # the shadow is listed beside production
+        time.sleep(1.0)
+        served = {v.version: v.stage for v in client.get_model()}
+        assert served == {
+            "v1": events_pb2.MODEL_STAGE_PRODUCTION,
+            "v3": events_pb2.MODEL_STAGE_SHADOW,
+        }
+        (pred,) = client.classify("stocks rally")
+        assert pred.version == "v1", "answers come from production only"
+        # Rollback: an older version published as production again is followed.
+        _publish(settings, model_version(checkpoints["v2"], "v2"))
+        _wait_version(client, "v2")
+        _publish(settings, model_version(checkpoints["v1"], "v1"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if client.classify("stocks")[0].version == "v1":
+                break
+            time.sleep(0.1)
+        assert client.classify("stocks")[0].version == "v1"

@@ -1,0 +1,150 @@
+"""The training loop on a tiny random encoder: learning, determinism, batching, eval."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from services.trainer.finetune import (
+    TrainConfig,
+    bucketed_batches,
+    cpu_has_native_bf16,
+    evaluate,
+    lr_lambda,
+    predict,
+    resolve_precision,
+    train,
+)
+from tests.test_modeling import make_tiny_classifier
+
+POSITIVE = ["stocks rally", "shares up strong", "bull market record high", "earnings beat"]
+NEGATIVE = ["stocks slump", "shares down weak", "bear market low", "earnings miss"]
+NEUTRAL = ["market", "shares", "stock", "earnings"]
+TEXTS = POSITIVE + NEGATIVE + NEUTRAL
+LABELS = ["positive"] * 4 + ["negative"] * 4 + ["neutral"] * 4
+
+FAST = TrainConfig(
+    epochs=30,
+    learning_rate=5e-3,
+    batch_size=4,
+    warmup_ratio=0.0,
+    seed=1,
+    max_length=16,
+    cpu_bf16=False,
+)
+
+
+def test_training_lowers_the_loss(tmp_path: Path) -> None:
+    model, tokenizer = make_tiny_classifier(tmp_path)
+    result = train(model, tokenizer, TEXTS, LABELS, FAST, progress=False)
+    assert result.steps == 90
+    assert result.precision == "fp32"
+    first = sum(result.loss_history[:3]) / 3
+    last = sum(result.loss_history[-3:]) / 3
+    assert last < first * 0.6
+    assert evaluate(model, tokenizer, TEXTS, LABELS)["accuracy"] >= 0.75
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path: Path) -> None:
+    model, tokenizer = make_tiny_classifier(tmp_path)
+    config = dataclasses.replace(FAST, precision="bf16")
+    result = train(model, tokenizer, TEXTS, LABELS, config, progress=False)
+    assert result.precision == "bf16"
+    assert model.classifier.weight.dtype == torch.float32
+    assert sum(result.loss_history[-3:]) < sum(result.loss_history[:3])
+
+
+def test_same_seed_same_weights(tmp_path: Path) -> None:
+    config = TrainConfig(epochs=2, learning_rate=1e-3, batch_size=4, seed=7)
+    runs = []
+    for attempt in range(2):
+        model, tokenizer = make_tiny_classifier(tmp_path / str(attempt))
+        result = train(model, tokenizer, TEXTS, LABELS, config, progress=False)
+        runs.append((result.loss_history, model.classifier.weight.detach().clone()))
+    assert runs[0][0] == runs[1][0]
+    assert torch.equal(runs[0][1], runs[1][1])
+
+
+def test_different_seed_different_run(tmp_path: Path) -> None:
+    histories = []
+    for seed in (1, 2):
+        model, tokenizer = make_tiny_classifier(tmp_path / str(seed))
+        config = TrainConfig(epochs=1, learning_rate=1e-3, batch_size=4, seed=seed)
+        histories.append(
+            train(model, tokenizer, TEXTS, LABELS, config, progress=False).loss_history
+        )
+    assert histories[0] != histories[1]
+
+
+def test_fractional_epochs_stop_early(tmp_path: Path) -> None:
+    model, tokenizer = make_tiny_classifier(tmp_path)
+    config = TrainConfig(epochs=0.5, batch_size=2, seed=0)
+    result = train(model, tokenizer, TEXTS, LABELS, config, progress=False)
+    assert result.steps == 3
+    assert result.epochs == pytest.approx(0.5)
+
+
+def test_unknown_labels_are_rejected(tmp_path: Path) -> None:
+    model, tokenizer = make_tiny_classifier(tmp_path)
+    with pytest.raises(ValueError, match="'bullish'"):
+        train(model, tokenizer, ["x"], ["bullish"], FAST, progress=False)
+    with pytest.raises(ValueError, match="1 texts but 2 labels"):
+        train(model, tokenizer, ["x"], ["positive", "neutral"], FAST, progress=False)
+
+
+def test_predict_keeps_input_order(tmp_path: Path) -> None:
+    model, tokenizer = make_tiny_classifier(tmp_path)
+    texts = ["bear market low and weak", "up", "stocks rally strong"]
+    one_by_one = [predict(model, tokenizer, [t])[0] for t in texts]
+    assert predict(model, tokenizer, texts, batch_size=2) == one_by_one
+    assert predict(model, tokenizer, []) == []
+
+
+def test_evaluate_reports_the_model_label_order(tmp_path: Path) -> None:
+    model, tokenizer = make_tiny_classifier(tmp_path)
+    report = evaluate(model, tokenizer, TEXTS, LABELS)
+    assert report["labels"] == ["negative", "positive", "neutral"]
+    assert report["n"] == len(TEXTS)
+    assert 0.0 <= report["macro_f1"] <= 1.0
+
+
+def test_bucketed_batches_cover_everything_with_similar_lengths() -> None:
+    lengths = [random.Random(i).randint(3, 60) for i in range(1000)]
+    batches = bucketed_batches(lengths, 16, random.Random(0))
+    flat = sorted(i for batch in batches for i in batch)
+    assert flat == list(range(1000))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    assert spread / len(batches) < 5
+    assert batches == bucketed_batches(lengths, 16, random.Random(0))
+    assert batches != bucketed_batches(lengths, 16, random.Random(1))
+
+
+def test_schedule_warms_up_then_decays() -> None:
+    linear = lr_lambda("linear", warmup_steps=10, total_steps=110)
+    assert linear(0) < linear(5) < linear(10) == 1.0
+    assert linear(60) == pytest.approx(0.5)
+    assert linear(110) == 0.0
+    cosine = lr_lambda("cosine", warmup_steps=0, total_steps=100)
+    assert cosine(50) == pytest.approx(0.5)
+    assert lr_lambda("constant", 0, 100)(99) == 1.0
+
+
+def test_precision_on_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert resolve_precision("auto", cpu, cpu_bf16=True) == expected
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="CUDA"):
+        resolve_precision("fp16", cpu)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="warmup"):
+        TrainConfig(warmup_ratio=1.0)
