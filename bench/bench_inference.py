@@ -37,20 +37,10 @@ from services.inference.batcher import Batcher, Item
 from services.inference.client import ClassifierClient
 from services.inference.config import InferenceOptions
 from services.inference.models import default_runner_factory, estimate_tokens
-from services.trainer.bootstrap import DataOptions, find_split
-from services.trainer.config import REPO_DATA
-from services.trainer.data import load_labeled
+from services.trainer.data import load_seed_split
 from services.trainer.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def seed_split(split: str) -> tuple[list[str], list[str]]:
-    path = find_split(REPO_DATA, split)
-    if path is None:
-        raise FileNotFoundError(f"no {split} split in {REPO_DATA}")
-    data = load_labeled(path, label_map=DataOptions().resolved_label_map())
-    return list(data.texts), list(data.labels)
 
 
 def production_checkpoint(registry_root: Path, model: str = "sentiment") -> Path:
@@ -223,7 +213,7 @@ def main() -> int:
     args = parser.parse_args()
 
     checkpoint = args.checkpoint or production_checkpoint(args.registry)
-    texts, gold = seed_split("valid")
+    texts, gold = load_seed_split("valid")
     if args.limit:
         texts, gold = texts[: args.limit], gold[: args.limit]
     options = InferenceOptions(backend="onnx", quantize=True, num_threads=args.threads)

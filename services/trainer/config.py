@@ -8,8 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sentiflow.config import Settings
-
-REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "twitter-financial-news"
+from services.trainer.data import SEED_DATA_DIR
 
 
 class TrainerOptions(BaseModel):
@@ -17,7 +16,7 @@ class TrainerOptions(BaseModel):
 
     model: str = "sentiment"
     registry_root: Path = Path("var/registry")
-    seed_data: Path = REPO_DATA
+    seed_data: Path = SEED_DATA_DIR
     group: str = "trainer"
     # When a round starts: this many new settled examples, or any after this long.
     min_new_examples: int = Field(default=200, ge=1)

@@ -8,9 +8,8 @@ import threading
 from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.logs import setup_logging
 from sentiflow.metrics import HealthServer
-from services.trainer.bootstrap import DataOptions, find_split
 from services.trainer.config import TrainerSettings
-from services.trainer.data import load_labeled
+from services.trainer.data import load_seed_split
 from services.trainer.publish import Publisher
 from services.trainer.registry import Registry
 from services.trainer.service import Trainer
@@ -20,19 +19,12 @@ log = logging.getLogger(__name__)
 
 def build(settings: TrainerSettings) -> Trainer:
     options = settings.trainer
-    data = DataOptions()
-    splits = {}
-    for split in ("train", "valid"):
-        path = find_split(options.seed_data, split)
-        if path is None:
-            raise FileNotFoundError(f"no {split} split in {options.seed_data}")
-        splits[split] = load_labeled(path, label_map=data.resolved_label_map())
     return Trainer(
         settings,
         Registry(options.registry_root),
         Publisher(settings.kafka, settings.topics),
-        splits["train"],
-        splits["valid"],
+        load_seed_split("train", options.seed_data),
+        load_seed_split("valid", options.seed_data),
     )
 
 

@@ -23,7 +23,6 @@ from prometheus_client import Counter, Gauge, Histogram
 from sentiflow.kafka import consumer_config
 from sentiflow.v1 import events_pb2
 from services.trainer.config import TrainerSettings
-from services.trainer.data import LabeledData
 from services.trainer.examples import Example, ExampleStore
 from services.trainer.finetune import TrainConfig
 from services.trainer.gate import GateConfig
@@ -131,15 +130,15 @@ class Trainer:
         settings: TrainerSettings,
         registry: Registry,
         publisher: Publisher,
-        seed_train: LabeledData,
-        seed_valid: LabeledData,
+        seed_train: tuple[list[str], list[str]],
+        seed_valid: tuple[list[str], list[str]],
     ) -> None:
         self._settings = settings
         self._options = settings.trainer
         self._registry = registry
         self._publisher = publisher
-        self._seed_train = (list(seed_train.texts), list(seed_train.labels))
-        self._seed_valid = (list(seed_valid.texts), list(seed_valid.labels))
+        self._seed_train = seed_train
+        self._seed_valid = seed_valid
         self._config = round_config(settings)
         self.reader = ExampleReader(settings, ExampleStore(self._options.model))
         self._state_path = Path(self._options.registry_root) / self._options.model / STATE_FILE

@@ -7,7 +7,6 @@ import random
 import subprocess
 import sys
 import threading
-
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from sentiflow.config import Settings
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.v1 import events_pb2
 from services.trainer.config import TrainerOptions, TrainerSettings
-from services.trainer.data import LabeledData, describe_file
 from services.trainer.publish import Publisher
 from services.trainer.registry import Registry
 from services.trainer.service import Trainer
@@ -46,14 +44,8 @@ def _task(n: int, seed: int, flip_to: str | None = None) -> list[tuple[str, str]
     return rows
 
 
-def _labeled(rows: list[tuple[str, str]], tmp: Path) -> LabeledData:
-    path = tmp / f"seed-{len(rows)}.csv"
-    path.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows))
-    return LabeledData(
-        texts=tuple(t for t, _ in rows),
-        labels=tuple(label for _, label in rows),
-        source=describe_file(path, len(rows)),
-    )
+def _split(rows: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    return [t for t, _ in rows], [label for _, label in rows]
 
 
 def _examples(settings: Settings, rows: list[tuple[str, str]], prefix: str) -> None:
@@ -118,8 +110,8 @@ def test_rounds_promote_better_models_reject_worse_ones_and_rollback_works(
         trainer_settings,
         registry,
         Publisher(settings.kafka, settings.topics),
-        _labeled(_task(200, seed=1), tmp_path),
-        _labeled(_task(150, seed=2), tmp_path),
+        _split(_task(200, seed=1)),
+        _split(_task(150, seed=2)),
     )
     stop = threading.Event()
     thread = threading.Thread(target=trainer.run, args=(stop,), daemon=True)
