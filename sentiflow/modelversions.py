@@ -10,16 +10,14 @@ an older version.
 from __future__ import annotations
 
 import logging
-import threading
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Message
 from google.protobuf.message import DecodeError
 
 from sentiflow.config import KafkaSettings
-from sentiflow.kafka import consumer_config
+from sentiflow.follow import TopicFollower
 from sentiflow.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -73,66 +71,25 @@ OnChange = Callable[[str, ModelState], None]
 
 
 class VersionWatcher:
-    """Follows model.versions from the beginning in a thread; calls back on changes.
-
-    Every reader must see every record, so it assigns the partitions itself instead
-    of joining a consumer group, and never commits.
-    """
+    """Follows model.versions and calls back whenever production or shadow changes."""
 
     def __init__(self, kafka: KafkaSettings, topic: str, on_change: OnChange) -> None:
-        self._kafka = kafka
-        self._topic = topic
         self._on_change = on_change
         self.states: dict[str, ModelState] = {}
-        self.caught_up = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="model-versions", daemon=True)
+        self._follower = TopicFollower(kafka, topic, self._handle, "model-versions")
+        self.caught_up = self._follower.caught_up
 
     def start(self) -> VersionWatcher:
-        self._thread.start()
+        self._follower.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        self._follower.stop()
 
-    def _run(self) -> None:
-        consumer = Consumer(
-            consumer_config(
-                self._kafka,
-                f"model-versions-reader-{uuid.uuid4().hex}",
-                **{"enable.partition.eof": True},
-            )
-        )
-        try:
-            meta = consumer.list_topics(self._topic, timeout=10)
-            partitions = list(meta.topics[self._topic].partitions) or [0]
-            consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
-            at_end: set[int] = set()
-            while not self._stop.is_set():
-                msg = consumer.poll(0.2)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(msg.partition() or 0)
-                        if len(at_end) >= len(partitions):
-                            self.caught_up.set()
-                    else:
-                        log.warning("model.versions: %s", err)
-                    continue
-                self._handle(msg.value())
-        except Exception:
-            log.exception("model.versions watcher failed")
-            raise
-        finally:
-            consumer.close()
-
-    def _handle(self, value: bytes | None) -> None:
+    def _handle(self, msg: Message) -> None:
         version = ModelVersion()
         try:
-            version.ParseFromString(value or b"")
+            version.ParseFromString(msg.value() or b"")
         except DecodeError as exc:
             log.warning("undecodable model.versions record skipped: %s", exc)
             return

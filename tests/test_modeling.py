@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 import pytest
@@ -25,84 +24,18 @@ from sentiflow.modeling import (
     load_classifier,
     mean_pool,
 )
+from tests.tinymodel import logits, make_encoder
 
 LABELS = ("negative", "positive", "neutral")
-WORDS = [
-    "stock",
-    "stocks",
-    "shares",
-    "market",
-    "up",
-    "down",
-    "rally",
-    "slump",
-    "beat",
-    "miss",
-    "strong",
-    "weak",
-    "bull",
-    "bear",
-    "buy",
-    "sell",
-    "upgrade",
-    "downgrade",
-    "cut",
-    "raised",
-    "profit",
-    "loss",
-    "growth",
-    "decline",
-    "record",
-    "high",
-    "low",
-    "earnings",
-]
 TEXTS = ["stocks rally on strong earnings", "shares slump", "market flat", "bear"]
-
-
-def tiny_vocab() -> list[str]:
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    letters = list(string.ascii_lowercase + string.digits + string.punctuation)
-    return specials + letters + [f"##{c}" for c in string.ascii_lowercase] + WORDS
-
-
-def make_tiny_encoder(target: Path, seed: int = 0) -> Path:
-    """A random 2-layer BERT encoder and fast tokenizer, saved like a Hub checkpoint."""
-    target.mkdir(parents=True, exist_ok=True)
-    words = tiny_vocab()
-    vocab_file = target / "vocab.txt"
-    vocab_file.write_text("\n".join(words) + "\n")
-    tokenizer = BertTokenizer(vocab_file=str(vocab_file), model_max_length=64)
-    config = BertConfig(
-        vocab_size=len(words),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(seed)
-    BertModel(config).save_pretrained(target)  # type: ignore[no-untyped-call]
-    tokenizer.save_pretrained(target)
-    return target
 
 
 def make_tiny_classifier(
     tmp_path: Path, seed: int = 0
 ) -> tuple[SentiflowForSequenceClassification, PreTrainedTokenizerBase]:
-    base = make_tiny_encoder(tmp_path / "base", seed)
-    model, tokenizer = build_classifier(base, LABELS, seed=seed)
+    model, tokenizer = build_classifier(make_encoder(tmp_path / "base", seed), LABELS, seed=seed)
     model.train(False)
     return model, tokenizer
-
-
-def logits(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str]
-) -> torch.Tensor:
-    batch = tokenizer(texts, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        out: torch.Tensor = model(**batch).logits
-    return out
 
 
 def saved(
@@ -122,7 +55,7 @@ def test_build_sets_labels_and_model_type(tmp_path: Path) -> None:
 
 
 def test_build_keeps_pretrained_encoder_weights(tmp_path: Path) -> None:
-    base = make_tiny_encoder(tmp_path / "base")
+    base = make_encoder(tmp_path / "base")
     model, _ = build_classifier(base, LABELS, seed=0)
     reference = BertModel.from_pretrained(base)
     for name, tensor in model.encoder.state_dict().items():
@@ -139,7 +72,7 @@ def test_build_from_our_own_checkpoint_reuses_its_encoder(tmp_path: Path) -> Non
 
 
 def test_head_initialisation_follows_seed(tmp_path: Path) -> None:
-    base = make_tiny_encoder(tmp_path / "base")
+    base = make_encoder(tmp_path / "base")
     first, _ = build_classifier(base, LABELS, seed=3)
     second, _ = build_classifier(base, LABELS, seed=3)
     other, _ = build_classifier(base, LABELS, seed=4)
@@ -182,7 +115,7 @@ def test_mean_pool_ignores_masked_positions() -> None:
 
 
 def test_standard_hf_classifier_loads(tmp_path: Path) -> None:
-    base = make_tiny_encoder(tmp_path / "base")
+    base = make_encoder(tmp_path / "base")
     config = BertConfig.from_pretrained(base, id2label=dict(enumerate(LABELS)))
     config.label2id = {label: i for i, label in enumerate(LABELS)}
     target = tmp_path / "bert-clf"

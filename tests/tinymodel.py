@@ -6,7 +6,13 @@ import string
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    BertTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from sentiflow.artifacts import build_manifest, manifest_digest
 from sentiflow.v1 import events_pb2
@@ -107,6 +113,37 @@ def make_checkpoint(
     tokenizer.save_pretrained(target)
     vocab_file.unlink()
     return target
+
+
+def make_encoder(target: Path, seed: int = 0) -> Path:
+    """A random 2-layer BERT encoder (no head) and tokenizer, saved like a Hub checkpoint."""
+    target.mkdir(parents=True, exist_ok=True)
+    words = vocab()
+    vocab_file = target.parent / f".{target.name}-vocab.txt"
+    vocab_file.write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizer(vocab=str(vocab_file), model_max_length=64)
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(target)  # type: ignore[no-untyped-call]
+    tokenizer.save_pretrained(target)
+    vocab_file.unlink()
+    return target
+
+
+def logits(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str]
+) -> torch.Tensor:
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out: torch.Tensor = model(**batch).logits
+    return out
 
 
 def model_version(

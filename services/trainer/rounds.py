@@ -128,13 +128,7 @@ def run_round(
         )
 
     base_model, tokenizer = registry.load(model_name, production.version)
-    # The seed validation set never changes, so production's score on it is reused.
-    evaluations = production.metadata.get("evaluations", {})
-    known = {SEED_SET: evaluations[SEED_SET]} if SEED_SET in evaluations else {}
-    production_scores = _scores(
-        scorer(base_model, tokenizer), {k: v for k, v in sets.items() if k not in known}
-    )
-    production_scores.update({k: v for k, v in known.items() if k in sets and sets[k][0]})
+    production_scores = _scores(scorer(base_model, tokenizer), sets)
     del base_model
     # Fine-tune a copy: the registry load gives a fresh model, production is untouched.
     candidate, cand_tokenizer = registry.load(model_name, production.version)

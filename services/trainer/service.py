@@ -12,15 +12,14 @@ import json
 import logging
 import threading
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Message
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge, Histogram
 
-from sentiflow.kafka import consumer_config
+from sentiflow.follow import TopicFollower
 from sentiflow.v1 import events_pb2
 from services.trainer.config import TrainerSettings
 from services.trainer.examples import Example, ExampleStore
@@ -60,68 +59,35 @@ def round_config(settings: TrainerSettings) -> RoundConfig:
 
 
 class ExampleReader:
-    """Reads training.examples from the beginning into the store, in a thread.
-
-    Every trainer needs every example (replay draws on all of them), so it assigns
-    all partitions itself instead of sharing them through a consumer group.
-    """
+    """Folds training.examples into the store; replay draws on every example, so each
+    trainer reads the whole topic (see ``TopicFollower``)."""
 
     def __init__(self, settings: TrainerSettings, store: ExampleStore) -> None:
-        self._settings = settings
-        self._topic = settings.topics.full(settings.topics.training_examples)
         self.store = store
         self.lock = threading.Lock()
         self.high: dict[int, int] = {}
-        self.caught_up = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="examples-reader", daemon=True)
+        topic = settings.topics.full(settings.topics.training_examples)
+        self._follower = TopicFollower(settings.kafka, topic, self._handle, "examples-reader")
+        self.caught_up = self._follower.caught_up
 
     def start(self) -> ExampleReader:
-        self._thread.start()
+        self._follower.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        self._follower.stop()
 
-    def _run(self) -> None:
-        consumer = Consumer(
-            consumer_config(
-                self._settings.kafka,
-                f"trainer-reader-{uuid.uuid4().hex}",
-                **{"enable.partition.eof": True},
-            )
-        )
+    def _handle(self, msg: Message) -> None:
+        example = events_pb2.LabeledExample()
         try:
-            meta = consumer.list_topics(self._topic, timeout=10)
-            parts = sorted(meta.topics[self._topic].partitions)
-            consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in parts])
-            at_end: set[int] = set()
-            while not self._stop.is_set():
-                msg = consumer.poll(0.2)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(msg.partition() or 0)
-                        if len(at_end) >= len(parts):
-                            self.caught_up.set()
-                    else:
-                        log.warning("training.examples: %s", err)
-                    continue
-                example = events_pb2.LabeledExample()
-                try:
-                    example.ParseFromString(msg.value() or b"")
-                except DecodeError:
-                    log.warning("undecodable training example skipped")
-                    continue
-                partition, offset = msg.partition() or 0, msg.offset() or 0
-                with self.lock:
-                    self.store.add(example, partition, offset)
-                    self.high[partition] = max(self.high.get(partition, 0), offset + 1)
-        finally:
-            consumer.close()
+            example.ParseFromString(msg.value() or b"")
+        except DecodeError:
+            log.warning("undecodable training example skipped")
+            return
+        partition, offset = msg.partition() or 0, msg.offset() or 0
+        with self.lock:
+            self.store.add(example, partition, offset)
+            self.high[partition] = max(self.high.get(partition, 0), offset + 1)
 
 
 class Trainer:

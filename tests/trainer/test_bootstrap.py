@@ -10,7 +10,7 @@ import pytest
 from services.trainer.bootstrap import DataOptions, bootstrap, resolve_data_paths
 from services.trainer.finetune import TrainConfig
 from services.trainer.registry import Registry
-from tests.test_modeling import make_tiny_encoder
+from tests.tinymodel import make_encoder
 
 ROWS = [
     ("stocks rally strong", 1),
@@ -36,7 +36,7 @@ def test_bootstrap_registers_production_with_metrics(tmp_path: Path) -> None:
     data.mkdir()
     write_csv(data / "train.csv", ROWS)
     write_csv(data / "valid.csv", ROWS[::2])
-    base = make_tiny_encoder(tmp_path / "base")
+    base = make_encoder(tmp_path / "base")
 
     info = bootstrap(data, base, tmp_path / "registry", CONFIG, progress=False)
 
@@ -66,7 +66,7 @@ def test_bootstrap_from_jsonl_with_own_labels_holds_out_validation(tmp_path: Pat
     rows = [{"body": t, "y": ["down", "up", "flat"][y]} for t, y in ROWS * 3]
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    base = make_tiny_encoder(tmp_path / "base")
+    base = make_encoder(tmp_path / "base")
     options = DataOptions(
         text_column="body",
         label_column="y",

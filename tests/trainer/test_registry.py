@@ -17,7 +17,8 @@ from services.trainer.registry import (
     RegistryError,
     UnknownVersionError,
 )
-from tests.test_modeling import LABELS, TEXTS, logits, make_tiny_classifier
+from tests.test_modeling import LABELS, TEXTS, make_tiny_classifier
+from tests.tinymodel import logits
 
 Tiny = tuple[SentiflowForSequenceClassification, PreTrainedTokenizerBase]
 
