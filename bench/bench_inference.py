@@ -249,7 +249,7 @@ def main() -> int:
     results: dict[str, object] = {
         "device": "cpu",
         "model": str(checkpoint),
-        "backend": "onnxruntime int8 dynamic",
+        "backend": "onnxruntime int8 dynamic (per-channel weights)",
         "threads": args.threads,
         "n_texts": len(texts),
         "pipeline_docs_per_s": round(pipeline_rate, 1),

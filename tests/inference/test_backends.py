@@ -87,7 +87,7 @@ def test_int8_agrees_on_most_labels(
     checkpoint: Path, cache_dir: Path, torch_runner: TorchRunner
 ) -> None:
     int8 = OnnxRunner(checkpoint, cache_dir=cache_dir, quantize=True)
-    assert int8.onnx_path.name == "model.int8.onnx"
+    assert int8.onnx_path.name == backends.INT8_FILE
     expected = [p.label for p in torch_runner.predict(TEXTS)]
     actual = [p.label for p in int8.predict(TEXTS)]
     agreement = sum(a == e for a, e in zip(actual, expected, strict=True)) / len(TEXTS)
