@@ -112,6 +112,7 @@ def start_service(
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SENTIFLOW_")},
         "SENTIFLOW_KAFKA__BOOTSTRAP_SERVERS": stack.bootstrap_servers,
+        "SENTIFLOW_REDIS__URL": stack.redis_url,
         "SENTIFLOW_TOPICS__PREFIX": names.prefix,
         "SENTIFLOW_METRICS_PORT": str(metrics_port),
         "SENTIFLOW_LOG_LEVEL": "WARNING",

@@ -40,6 +40,10 @@ class InferenceOptions(BaseModel):
     quota_burst: float = Field(default=100.0, ge=1)
 
     kafka_enabled: bool = True
+    # Keep the first answer per (model, version, document) in Redis, so replays and
+    # other instances never publish a second, different one (see answers.py).
+    answer_store: bool = True
+    answer_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     kafka_batch: int = Field(default=256, ge=1)
     group: str = "inference"
     registry_root: Path = Path("var/registry")

@@ -13,6 +13,8 @@ from sentiflow.loop import LoopConfig, ProcessingLoop
 from sentiflow.metrics import HealthServer
 from sentiflow.modelversions import VersionWatcher
 from sentiflow.ratelimit import RateLimiter
+from sentiflow.redisclient import connect
+from services.inference.answers import AnswerStore
 from services.inference.config import InferenceSettings
 from services.inference.grpc_api import SERVICE, ClassifierService
 from services.inference.kafka_path import make_handler
@@ -70,10 +72,17 @@ def run(settings: InferenceSettings, stop: threading.Event | None = None) -> int
         if manager.ready():
             set_serving(health, [SERVICE], True)
         if options.kafka_enabled and not stop.is_set():
+            store = (
+                AnswerStore(connect(settings.redis), settings.redis, options.answer_ttl_s)
+                if options.answer_store
+                else None
+            )
             loop = ProcessingLoop(
                 make_consumer(settings.kafka, settings.group_id(options.group)),
                 make_producer(settings.kafka),
-                make_handler(manager, topics.full(topics.docs_scored), options.max_text_chars),
+                make_handler(
+                    manager, topics.full(topics.docs_scored), options.max_text_chars, store=store
+                ),
                 LoopConfig(
                     topics=[topics.full(topics.docs_raw)],
                     dlq_topic=topics.full(topics.docs_dlq),

@@ -269,3 +269,31 @@ def test_tampered_artifact_is_refused_and_rollback_is_followed(
                 break
             time.sleep(0.1)
         assert client.classify("stocks")[0].version == "v1"
+
+
+def test_one_answer_per_document_and_version(
+    service: Running, settings: Settings, checkpoints: dict[str, Path]
+) -> None:
+    _publish(settings, model_version(checkpoints["v1"], "v1"))
+    with service.client("k-alice") as client:
+        _wait_version(client, "v1")
+        # The same id with different content, in separate batches: one answer stands.
+        texts = ["stocks rally strong record growth", "bank loss weak slump decline"]
+        first, second = (client.classify(t)[0] for t in texts)
+        assert (first.label, first.scores) != (second.label, second.scores), "texts differ"
+    raw = settings.topics.full(settings.topics.docs_raw)
+    producer = make_producer(settings.kafka)
+    for text in texts:
+        doc = events_pb2.Document(id="same-id", text=text)
+        produce_and_wait(producer, [Output(raw, doc.SerializeToString(), key=b"same-id")])
+        time.sleep(0.5)
+    scored = read_topic(
+        settings.kafka, settings.topics.full(settings.topics.docs_scored), expect=2, timeout_s=30
+    )
+    predictions = []
+    for msg in scored:
+        prediction = events_pb2.Prediction()
+        prediction.ParseFromString(msg.value() or b"")
+        predictions.append(prediction)
+    assert [p.document.text for p in predictions] == texts
+    assert predictions[0].predictions == predictions[1].predictions
