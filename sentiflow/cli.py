@@ -109,6 +109,12 @@ def _inference(_args: argparse.Namespace) -> int:
     return inference_main()
 
 
+def _ingest(args: argparse.Namespace) -> int:
+    from services.ingest.main import main as ingest_main
+
+    return ingest_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sentiflow",
@@ -143,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         "inference",
         help="classify docs.raw into docs.scored and serve gRPC (SENTIFLOW_INFERENCE__*)",
     ).set_defaults(func=_inference)
+
+    from services.ingest.cli import add_arguments as add_ingest_arguments
+
+    ingest = sub.add_parser(
+        "ingest", help="channels (files, HTTP, RSS, stdin) into docs.raw (SENTIFLOW_INGEST__*)"
+    )
+    add_ingest_arguments(ingest)
+    ingest.set_defaults(func=_ingest)
     return parser
 
 

@@ -1,0 +1,225 @@
+"""Ingest throughput: a 100,000-document JSONL file into docs.raw, dedup on.
+
+Compared with the floor of what Kafka costs from Python: a plain confluent-kafka
+loop that reads the same file, parses each line as JSON and produces it, with the
+same producer settings. Both run against the embedded stack started here on free
+ports. The documents are the shipped seed tweets, repeated with distinct ids, and
+each repetition under its own source, so that none is a duplicate of another: every
+document is checked against Redis and published.
+
+Run: ``python -m bench.bench_ingest [--docs N] [--runs R]``; prints a table and
+writes bench/results/ingest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from prometheus_client import REGISTRY
+
+from bench.report import table, write
+from sentiflow import devstack
+from sentiflow.config import KafkaSettings, RedisSettings, TopicNames
+from sentiflow.kafka import make_producer
+from sentiflow.topics import ensure_topics, topic_specs
+from services.ingest.config import FieldMap, IngestOptions, IngestSettings
+from services.ingest.main import run_files
+
+SEED = Path(__file__).resolve().parent.parent / "data" / "twitter-financial-news" / "train.csv"
+
+
+def make_input(path: Path, n_docs: int) -> int:
+    """JSONL of ``n_docs`` seed tweets; returns its size in bytes."""
+    with SEED.open(encoding="utf-8", newline="") as f:
+        texts = [row["text"] for row in csv.DictReader(f)]
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(n_docs):
+            rep, j = divmod(i, len(texts))
+            record = {
+                "id": f"tw-{i}",
+                "text": texts[j],
+                "feed": f"twitter-{rep}",
+                "published_at": 1_700_000_000 + i,
+            }
+            out.write(json.dumps(record) + "\n")
+    return path.stat().st_size
+
+
+def plain_producer(kafka: KafkaSettings, topic: str, path: Path) -> float:
+    """Seconds to parse and produce every line, until all are acknowledged."""
+    producer = make_producer(kafka)
+    producer.list_topics(topic, timeout=10)  # connected before the clock starts
+    acked = 0
+
+    def delivered(err: object, _msg: object) -> None:
+        nonlocal acked
+        if err is None:
+            acked += 1
+
+    started = time.perf_counter()
+    with path.open("rb") as f:
+        for line in f:
+            record = json.loads(line)
+            while True:
+                try:
+                    producer.produce(topic, line, str(record["id"]).encode(), on_delivery=delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            producer.poll(0)
+    producer.flush(60)
+    elapsed = time.perf_counter() - started
+    if acked != sum(1 for _ in path.open("rb")):
+        raise RuntimeError(f"plain producer: only {acked} acknowledged")
+    return elapsed
+
+
+def handled() -> tuple[float, float]:
+    """(published, dropped as duplicates) so far, from the service's own metrics."""
+    get = REGISTRY.get_sample_value
+    published = get("sentiflow_ingest_published_total", {"connector": "files"}) or 0.0
+    duplicates = sum(
+        get("sentiflow_ingest_duplicates_total", {"connector": "files", "kind": kind}) or 0.0
+        for kind in ("id", "text")
+    )
+    return published, duplicates
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) a process has used so far; this one when pid is None."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU microseconds per document spent by this process, the broker and Redis."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self._pids = pids
+        self._start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+    def per_doc_us(self, n_docs: int) -> dict[str, float]:
+        return {
+            name: round((cpu_seconds(pid) - self._start[name]) / n_docs * 1e6, 1)
+            for name, pid in self._pids.items()
+        }
+
+
+def ingest(settings: IngestSettings, path: Path, state_dir: Path) -> tuple[float, float, float]:
+    """Seconds for a one-shot ``run_files`` (start-up included) until acknowledged, and
+    how many documents it published and dropped as duplicates."""
+    published_before, duplicates_before = handled()
+    started = time.perf_counter()
+    code = run_files(settings, path, stop=threading.Event(), state_file=state_dir / "state.json")
+    elapsed = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"ingest exited with {code}")
+    published, duplicates = handled()
+    return elapsed, published - published_before, duplicates - duplicates_before
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=2, help="best of this many runs each")
+    parser.add_argument("--workers", type=int, default=2, help="processes building documents")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        root = Path(tmp)
+        path = root / "docs.jsonl"
+        size = make_input(path, args.docs)
+        stack = devstack.start(
+            host="127.0.0.1",
+            kafka_port=devstack.free_port(),
+            redis_port=devstack.free_port(),
+            state_dir=root / "stack",
+        )
+        try:
+            kafka = KafkaSettings(bootstrap_servers=stack.bootstrap_servers)
+            pids = {
+                "this_process": None,
+                "broker": stack.kafka.proc.pid if stack.kafka.proc else None,
+                "redis": stack.redis.proc.pid if stack.redis.proc else None,
+            }
+            plain_s: list[float] = []
+            ingest_s: list[float] = []
+            plain_cpu: dict[str, float] = {}
+            ingest_cpu: dict[str, float] = {}
+            for run in range(args.runs):
+                plain_topics = TopicNames(prefix=f"plain{run}.")
+                ensure_topics(kafka, topic_specs(plain_topics))
+                meter = CpuMeter(pids)
+                plain_s.append(
+                    plain_producer(kafka, plain_topics.full(plain_topics.docs_raw), path)
+                )
+                if plain_s[-1] == min(plain_s):
+                    plain_cpu = meter.per_doc_us(args.docs)
+                names = TopicNames(prefix=f"ingest{run}.")
+                ensure_topics(kafka, topic_specs(names))
+                settings = IngestSettings(
+                    kafka=kafka,
+                    redis=RedisSettings(url=stack.redis_url, key_prefix=f"bench{run}:"),
+                    topics=names,
+                    ingest=IngestOptions(
+                        dedup=True,
+                        fields=FieldMap(source="feed"),
+                        workers=args.workers,
+                        state_dir=root / "state",
+                    ),
+                )
+                meter = CpuMeter(pids)
+                seconds, n_published, n_duplicates = ingest(settings, path, root / f"state{run}")
+                # The seed data repeats a few tweets verbatim: those are dropped by text.
+                if n_published + n_duplicates != args.docs:
+                    raise RuntimeError(
+                        f"ingest handled {n_published + n_duplicates} of {args.docs}"
+                    )
+                ingest_s.append(seconds)
+                if seconds == min(ingest_s):
+                    ingest_cpu = meter.per_doc_us(args.docs)
+        finally:
+            stack.stop()
+
+    ingest_rate = args.docs / min(ingest_s)
+    plain_rate = args.docs / min(plain_s)
+    results: dict[str, object] = {
+        "n_docs": args.docs,
+        "input_bytes": size,
+        "ingest_docs_per_s": round(ingest_rate, 1),
+        "plain_producer_docs_per_s": round(plain_rate, 1),
+        "ingest_vs_plain": round(ingest_rate / plain_rate, 3),
+        "ingest_seconds": [round(s, 3) for s in ingest_s],
+        "plain_seconds": [round(s, 3) for s in plain_s],
+        "ingest_published": int(n_published),
+        "ingest_duplicates_in_seed": int(n_duplicates),
+        "dedup": True,
+        "workers": args.workers,
+        "runs": args.runs,
+        # Where the CPU went (worker processes not counted in this_process).
+        "ingest_cpu_us_per_doc": ingest_cpu,
+        "plain_cpu_us_per_doc": plain_cpu,
+        "load_average_at_start": load_at_start,
+    }
+    print(table(list(results.items()), "ingest benchmark (best of runs)"))
+    out = write("ingest", results)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Channel connectors: each reads one kind of channel and hands batches to the publisher."""

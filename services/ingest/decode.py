@@ -1,0 +1,342 @@
+"""From bytes on the wire to the fields of a document, with a reason for every refusal.
+
+Pure functions: each raises ``RejectError`` with a reason from the fixed set
+(``invalid_utf8``, ``invalid_json``, ``missing_field``, ``invalid_field``,
+``too_large``, ``unsupported_encoding``) and never anything else, whatever the input
+(the fuzz tests hold them to that).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from sentiflow.dlq import RejectError
+from sentiflow.v1 import events_pb2
+from services.ingest.config import FieldMap
+from services.ingest.normalize import check_encodable
+
+R = events_pb2
+MAX_ID_CHARS = 512
+MAX_SHORT_FIELD_CHARS = 4096  # url, title, lang, attribute values
+MAX_JSON_DEPTH = 64
+
+_UTF8_BOM = codecs.BOM_UTF8
+# Longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
+_OTHER_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def foreign_bom(data: bytes) -> str | None:
+    """The charset a leading UTF-16/32 byte-order mark announces, if any."""
+    for bom, name in _OTHER_BOMS:
+        if data.startswith(bom):
+            return name
+    return None
+
+
+def decode_bytes(data: bytes, encoding: str = "utf-8") -> str:
+    """Bytes to text: a UTF-8 BOM is dropped, anything else undecodable is rejected.
+
+    Python's strict UTF-8 codec already refuses overlong forms, encoded surrogates
+    (CESU-8) and truncated sequences. A UTF-16/32 payload is only accepted when that
+    charset was declared (``encoding``); undeclared, it is ``unsupported_encoding``.
+    """
+    if data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM) :]
+    elif encoding.lower().replace("_", "-") in {"utf-8", "utf8"}:
+        other = foreign_bom(data)
+        if other is not None:
+            raise RejectError(
+                R.REJECT_REASON_UNSUPPORTED_ENCODING,
+                f"{other} byte-order mark, charset not declared",
+            )
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        reason = (
+            R.REJECT_REASON_INVALID_UTF8
+            if codecs.lookup(encoding).name == "utf-8"
+            else R.REJECT_REASON_UNSUPPORTED_ENCODING
+        )
+        raise RejectError(reason, f"not valid {encoding} at byte {exc.start}") from None
+    except LookupError:
+        raise RejectError(
+            R.REJECT_REASON_UNSUPPORTED_ENCODING, f"unknown charset {encoding!r}"
+        ) from None
+
+
+# -- JSON -------------------------------------------------------------------------------
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise RejectError(R.REJECT_REASON_INVALID_JSON, f"duplicate key {key[:100]!r}")
+            seen.add(key)
+    return obj
+
+
+def _no_constants(name: str) -> object:
+    raise RejectError(R.REJECT_REASON_INVALID_JSON, f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+
+
+def _too_deep(text: str) -> bool:
+    """Cheap pre-check so deeply nested input is refused before the parser recurses."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+# The C scanner json.loads uses underneath (typeshed does not declare the attribute).
+_SCAN: Callable[[str, int], tuple[object, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+_JSON_SPACE = " \t\n\r"
+
+
+def parse_json(text: str) -> object:
+    """Strict JSON: no NaN/Infinity, no duplicate keys, bounded nesting and numbers.
+
+    Calls the C scanner directly (what ``json.loads`` does underneath, minus a layer
+    of Python per call): this runs once per document.
+    """
+    if _too_deep(text):
+        raise RejectError(R.REJECT_REASON_INVALID_JSON, f"nested deeper than {MAX_JSON_DEPTH}")
+    start = 0
+    if text[:1] in _JSON_SPACE:
+        start = len(text) - len(text.lstrip(_JSON_SPACE))
+    try:
+        obj, end = _SCAN(text, start)
+    except StopIteration as exc:
+        raise RejectError(
+            R.REJECT_REASON_INVALID_JSON, f"expecting value at char {exc.value}"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise RejectError(R.REJECT_REASON_INVALID_JSON, f"{exc.msg} at char {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:
+        # Integers over Python's 4300-digit conversion limit land here.
+        raise RejectError(R.REJECT_REASON_INVALID_JSON, str(exc)[:200]) from None
+    if end != len(text) and text[end:].strip(_JSON_SPACE):
+        raise RejectError(R.REJECT_REASON_INVALID_JSON, f"extra data at char {end}")
+    return obj
+
+
+# -- fields -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RawFields:
+    """What a connector extracted from one record, before normalisation."""
+
+    text: str
+    source_id: str = ""
+    time: object = None
+    source: str = ""
+    url: str = ""
+    title: str = ""
+    lang: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+def _lookup(record: Mapping[str, object], name: str) -> object:
+    if name in record:
+        return record[name]
+    if "." not in name:
+        return None
+    node: object = record
+    for part in name.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _short_string(value: object, name: str, *, limit: int = MAX_SHORT_FIELD_CHARS) -> str:
+    if value is None:
+        return ""
+    if type(value) is str and len(value) <= limit and value.isascii() and "\x00" not in value:
+        return value  # the common case, checked at C speed
+    if not isinstance(value, str):
+        raise RejectError(
+            R.REJECT_REASON_INVALID_FIELD, f"{name} must be a string, got {type(value).__name__}"
+        )
+    if len(value) > limit:
+        raise RejectError(R.REJECT_REASON_INVALID_FIELD, f"{name} longer than {limit} characters")
+    if "\x00" in value:
+        raise RejectError(R.REJECT_REASON_INVALID_FIELD, f"{name} contains NUL")
+    check_encodable(value, name)
+    return value
+
+
+def _id_string(value: object, name: str) -> str:
+    # Integers are common ids (tweet ids); floats and booleans are not ids.
+    if type(value) is int:
+        return str(value)
+    return _short_string(value, name, limit=MAX_ID_CHARS).strip()
+
+
+def _scalar_string(value: object, name: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return str(value)
+    return _short_string(value, name)
+
+
+def _time_value(value: object, name: str) -> object:
+    if value is None or (isinstance(value, str | int | float) and not isinstance(value, bool)):
+        return value
+    raise RejectError(
+        R.REJECT_REASON_INVALID_FIELD,
+        f"{name} must be a string or a number, got {type(value).__name__}",
+    )
+
+
+class FieldExtractor:
+    """Picks the configured fields out of decoded records (JSON objects or CSV rows).
+
+    Built once per field map; a plain ``dict.get`` per field unless a name is dotted.
+    """
+
+    def __init__(self, fields: FieldMap) -> None:
+        self.fields = fields
+        self._text = fields.text
+        self._id = fields.id
+        self._time = fields.time
+        self._source = fields.source
+        self._url = fields.url
+        self._title = fields.title
+        self._lang = fields.lang
+        self._attributes = list(fields.attributes)
+        names = [fields.text, fields.id, fields.time, fields.url, fields.title, fields.lang]
+        names += [fields.source or "", *fields.attributes]
+        self._nested = any("." in name for name in names)
+
+    def __call__(self, record: object) -> RawFields:
+        if not isinstance(record, Mapping):
+            raise RejectError(
+                R.REJECT_REASON_INVALID_FIELD,
+                f"a document must be a JSON object, got {type(record).__name__}",
+            )
+        get = partial(_lookup, record) if self._nested else record.get
+        text = get(self._text)
+        if text is None:
+            raise RejectError(R.REJECT_REASON_MISSING_FIELD, f"missing field {self._text!r}")
+        if type(text) is not str:
+            raise RejectError(
+                R.REJECT_REASON_INVALID_FIELD,
+                f"{self._text} must be a string, got {type(text).__name__}",
+            )
+        source_id = get(self._id)
+        time = get(self._time)
+        source = get(self._source) if self._source else None
+        url, title, lang = get(self._url), get(self._title), get(self._lang)
+        out = RawFields(
+            text,
+            "" if source_id is None else _id_string(source_id, self._id),
+            None if time is None else _time_value(time, self._time),
+            "" if source is None else _short_string(source, self._source or "", limit=256),
+            "" if url is None else _short_string(url, self._url),
+            "" if title is None else _short_string(title, self._title),
+            "" if lang is None else _short_string(lang, self._lang, limit=35),
+        )
+        for name in self._attributes:
+            value = get(name)
+            if value is not None:
+                out.attributes[name] = _scalar_string(value, name)
+        return out
+
+
+def map_fields(record: object, fields: FieldMap) -> RawFields:
+    """Pick the configured fields out of one decoded record."""
+    return FieldExtractor(fields)(record)
+
+
+def decode_line(line: bytes, encoding: str = "utf-8") -> str:
+    """``decode_bytes`` for one record of a line-based input, fast for plain UTF-8.
+
+    A record starting with "{" or a letter cannot start with a byte-order mark, so
+    the strict decode alone decides.
+    """
+    if encoding == "utf-8" and line[:1] not in _BOM_LEADS:
+        try:
+            return line.decode()
+        except UnicodeDecodeError as exc:
+            raise RejectError(
+                R.REJECT_REASON_INVALID_UTF8, f"not valid utf-8 at byte {exc.start}"
+            ) from None
+    return decode_bytes(line, encoding)
+
+
+_BOM_LEADS = {b"\xef", b"\xff", b"\xfe", b"\x00", b""}
+
+
+def json_record(line: bytes, fields: FieldMap, encoding: str = "utf-8") -> RawFields:
+    """One JSONL line (without its newline) to fields."""
+    return map_fields(parse_json(decode_line(line, encoding)), fields)
+
+
+def json_body(body: bytes, charset: str = "utf-8") -> list[object]:
+    """An HTTP body: one document object, a list of them, or ``{"documents": [...]}``."""
+    parsed = parse_json(decode_bytes(body, charset))
+    if isinstance(parsed, list):
+        return parsed
+    if isinstance(parsed, dict) and "documents" in parsed:
+        docs = parsed["documents"]
+        if not isinstance(docs, list):
+            raise RejectError(R.REJECT_REASON_INVALID_FIELD, "documents must be a list")
+        return docs
+    return [parsed]
+
+
+def csv_fields(header: Sequence[str], row: Sequence[str], fields: FieldMap) -> RawFields:
+    """A parsed CSV row, with the file's header naming the columns."""
+    if len(row) > len(header):
+        raise RejectError(
+            R.REJECT_REASON_INVALID_FIELD, f"row has {len(row)} columns, header has {len(header)}"
+        )
+    return FieldExtractor(fields)(dict(zip(header, row, strict=False)))
+
+
+def parse_csv_record(text: str) -> list[str]:
+    """One complete CSV record (it may span lines inside quotes) to its columns."""
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error as exc:
+        raise RejectError(R.REJECT_REASON_INVALID_FIELD, f"malformed CSV: {exc}") from None
+    if len(rows) != 1:
+        raise RejectError(R.REJECT_REASON_INVALID_FIELD, "malformed CSV record")
+    return rows[0]

@@ -1,0 +1,251 @@
+"""The pure core of ingest: one record's fields in, one publishable Document out.
+
+No Kafka, Redis or sockets here. Every connector turns its input into ``RawFields``
+and hands them to ``DocumentBuilder``; what comes back is either a ``Candidate``
+(serialised Document, Kafka key, dedup identity) or a ``Bad`` record for docs.dlq.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from sentiflow.dlq import RejectError, Rejection
+from sentiflow.text import clean_for_model
+from sentiflow.v1 import events_pb2
+from sentiflow.v1.events_pb2 import Document
+from services.ingest.config import IngestOptions
+from services.ingest.decode import (
+    FieldExtractor,
+    RawFields,
+    decode_line,
+    parse_csv_record,
+    parse_json,
+)
+from services.ingest.entities import EntityMatcher, load_entities_file
+from services.ingest.ids import content_hash, source_doc_id
+from services.ingest.normalize import normalize_text, parse_time, strip_html
+from services.ingest.redact import Redactor
+
+log = logging.getLogger(__name__)
+
+MAX_TITLE_CHARS = 1000
+TIME_FLAG_ATTRIBUTE = "published_at_flag"
+REDACTED_ATTRIBUTE = "redacted"
+_NS = 1_000_000_000
+
+
+class Candidate(NamedTuple):
+    """A document ready to publish, and what deduplication needs to know about it.
+
+    A tuple, because bulk loads ship these between processes: tuples pickle several
+    times faster than dataclasses.
+    """
+
+    doc_id: str
+    key: bytes
+    value: bytes
+    source: str
+    # Set when the id came from the channel; None when the id is the content hash.
+    source_doc_id: str | None
+    content: str  # content_hash(source, text)
+
+
+@dataclass(slots=True)
+class Bad:
+    """A record that cannot become a document: it goes to docs.dlq with the reason."""
+
+    rejection: Rejection
+    original: bytes
+    source: str
+
+
+Item = Candidate | Bad
+
+
+class DocumentBuilder:
+    """Turns fields into Documents under one configuration; safe to share by threads."""
+
+    def __init__(
+        self,
+        options: IngestOptions,
+        source: str,
+        *,
+        entities: EntityMatcher | None = None,
+        redactor: Redactor | None = None,
+        on_redacted: Callable[[Counter[str]], None] | None = None,
+    ) -> None:
+        self.options = options
+        self.source = source
+        if entities is None:
+            specs = list(options.entities)
+            if options.entities_file is not None:
+                specs.extend(load_entities_file(options.entities_file))
+            entities = EntityMatcher(specs, cashtags=options.cashtags)
+        self._entities = entities
+        if redactor is None and options.redact:
+            redactor = Redactor(options.redact_kinds)
+        self._redactor = redactor
+        # Receives counts per kind (exported as metrics), never the values themselves.
+        self._on_redacted = on_redacted
+        self._extract = FieldExtractor(options.fields)
+        self._max_chars = options.max_text_chars
+        self._over_limit = options.over_limit
+        self._html = options.strip_html
+        self._skew_s = options.max_future_skew_s
+        self._max_record = options.max_record_bytes
+        self._encoding = options.file_encoding
+        self._now: tuple[int, Timestamp] = (-1, Timestamp())
+
+    # -- items ------------------------------------------------------------------------
+
+    def bad(self, rejection: Rejection, original: bytes, source: str | None = None) -> Bad:
+        """A dead letter; with redaction on, its original bytes are redacted too."""
+        if self._redactor is not None and original:
+            text = original.decode("utf-8", "surrogateescape")
+            original = self._redactor.redact(text)[0].encode("utf-8", "surrogateescape")
+        return Bad(rejection, original, source or self.source)
+
+    def item(self, fields: RawFields, original: bytes, now_ns: int) -> Item:
+        """``build``, with every refusal (or bug) turned into a dead letter."""
+        try:
+            return self.build(fields, now_ns)
+        except RejectError as exc:
+            return self.bad(exc.rejection, original, fields.source or None)
+        except Exception as exc:  # a bug must cost one record, not the connector
+            log.exception("unexpected error building a document")
+            return self.bad(
+                Rejection(events_pb2.REJECT_REASON_PROCESSING_ERROR, type(exc).__name__),
+                original,
+            )
+
+    def from_json_line(self, line: bytes, now_ns: int) -> Item:
+        if len(line) > self._max_record:
+            return self.too_large(line)
+        try:
+            fields = self._extract(parse_json(decode_line(line, self._encoding)))
+        except RejectError as exc:
+            return self.bad(exc.rejection, line)
+        return self.item(fields, line, now_ns)
+
+    def from_mapping(self, record: object, original: bytes, now_ns: int) -> Item:
+        try:
+            fields = self._extract(record)
+        except RejectError as exc:
+            return self.bad(exc.rejection, original)
+        return self.item(fields, original, now_ns)
+
+    def from_csv(self, header: list[str], record: bytes, now_ns: int) -> Item:
+        """One CSV record (bytes, possibly spanning lines) under the file's header."""
+        if len(record) > self._max_record:
+            return self.too_large(record)
+        try:
+            row = parse_csv_record(decode_line(record, self._encoding))
+            if len(row) > len(header):
+                raise RejectError(
+                    events_pb2.REJECT_REASON_INVALID_FIELD,
+                    f"row has {len(row)} columns, header has {len(header)}",
+                )
+            fields = self._extract(dict(zip(header, row, strict=False)))
+        except RejectError as exc:
+            return self.bad(exc.rejection, record)
+        return self.item(fields, record, now_ns)
+
+    def from_text(self, text: str, original: bytes, now_ns: int) -> Item:
+        return self.item(RawFields(text=text), original, now_ns)
+
+    def too_large(self, original: bytes) -> Bad:
+        return self.bad(
+            Rejection(
+                events_pb2.REJECT_REASON_TOO_LARGE,
+                f"record of {len(original)} bytes over the {self.options.max_record_bytes} cap",
+            ),
+            original,
+        )
+
+    # -- the document -----------------------------------------------------------------
+
+    def build(self, fields: RawFields, now_ns: int) -> Candidate:
+        """Normalise, redact, find entities, derive the id; raise RejectError if unusable.
+
+        1. Clean the text (markup, NFC, invisible and control characters, spaces) and
+           apply the length policy.
+        2. Redact personal data (when configured) from the cleaned text, so data
+           hidden behind invisible characters is found too.
+        3. Id from source + channel id, else from the text; the primary entity (or
+           the id) is the Kafka key.
+        """
+        raw = fields.text
+        text, truncated = normalize_text(
+            raw, max_chars=self._max_chars, over_limit=self._over_limit, html_markup=self._html
+        )
+        title = self._title(fields.title) if fields.title else ""
+        redacted = 0
+        if self._redactor is not None:
+            text, counts = self._redactor.redact(text)
+            if title:
+                title, title_counts = self._redactor.redact(title)
+                counts.update(title_counts)
+            redacted = sum(counts.values())
+            if redacted and self._on_redacted is not None:
+                self._on_redacted(counts)
+        source = fields.source or self.source
+        content = content_hash(source, text)
+        source_id = fields.source_id
+        channel_id = source_doc_id(source, source_id) if source_id else None
+        doc_id = channel_id or content
+        # Only non-empty fields are set: each assignment costs, and this runs per document.
+        doc = Document(id=doc_id, source=source, text=text)
+        if source_id:
+            doc.source_id = source_id
+        if truncated:
+            doc.truncated = True
+        if fields.url:
+            doc.url = fields.url
+        if title:
+            doc.title = title
+        if fields.lang:
+            doc.lang = fields.lang
+        # The raw text is kept for display when it differs, except with redaction on:
+        # personal data hidden by invisible characters would survive in it.
+        if raw is not text and raw != text and self._redactor is None:
+            doc.raw_text = raw[: self._max_chars * 4]
+        matches = self._entities.find(text)
+        if matches:
+            add = doc.entities.add
+            for match in matches:
+                add(id=match.id, name=match.name, kind=match.kind)
+        if fields.time is not None:
+            when = parse_time(fields.time, now_ns=now_ns, max_future_skew_s=self._skew_s)
+            if when.ns is not None:
+                published = doc.published_at
+                published.seconds, published.nanos = divmod(when.ns, _NS)
+            if when.flag is not None:
+                doc.attributes[TIME_FLAG_ATTRIBUTE] = when.flag
+        doc.ingested_at.CopyFrom(self._timestamp(now_ns))
+        if fields.attributes:
+            doc.attributes.update(fields.attributes)
+        if redacted:
+            doc.attributes[REDACTED_ATTRIBUTE] = str(redacted)
+        key = matches[0].id if matches else doc_id
+        return Candidate(doc_id, key.encode(), doc.SerializeToString(), source, channel_id, content)
+
+    def _timestamp(self, now_ns: int) -> Timestamp:
+        """One Timestamp per batch instead of one per document (batches share now_ns)."""
+        cached = self._now
+        if cached[0] != now_ns:
+            cached = (now_ns, Timestamp(seconds=now_ns // _NS, nanos=now_ns % _NS))
+            self._now = cached
+        return cached[1]
+
+    def _title(self, title: str) -> str:
+        if not title:
+            return title
+        if self.options.strip_html:
+            title = strip_html(title)
+        return clean_for_model(title)[:MAX_TITLE_CHARS]

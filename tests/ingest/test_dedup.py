@@ -1,0 +1,88 @@
+"""Two-phase dedup against the real Redis: reserve, confirm, busy, take over, release."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from sentiflow.config import RedisSettings
+from services.ingest.dedup import BUCKETS, Deduplicator, Verdict
+
+pytestmark = pytest.mark.integration
+
+
+def dedup(client: redis.Redis, prefix: str, instance: str, lease_s: float = 5.0) -> Deduplicator:
+    return Deduplicator(
+        client,
+        key_prefix=prefix,
+        instance_id=instance,
+        lease_s=lease_s,
+        id_ttl_s=60,
+        window_s=30,
+    )
+
+
+def test_reserve_then_confirm(redis_client: redis.Redis, redis_settings: RedisSettings) -> None:
+    d = dedup(redis_client, redis_settings.key_prefix, "a")
+    docs = [("id1", "h1"), ("id2", "h1"), (None, "h3"), ("id1", "h4")]
+    # id2 shares id1's text (same source), and the last repeats id1 in the same batch.
+    assert d.reserve(docs) == [
+        Verdict.NEW,
+        Verdict.DUPLICATE_TEXT,
+        Verdict.NEW,
+        Verdict.DUPLICATE_ID,
+    ]
+    d.confirm([docs[0], docs[2]])
+    assert d.reserve([("id1", "other"), ("idX", "h3"), ("id5", "h5")]) == [
+        Verdict.DUPLICATE_ID,
+        Verdict.DUPLICATE_TEXT,
+        Verdict.NEW,
+    ]
+    # Marks live in time-bucketed hashes that expire after the TTL plus one bucket.
+    prefix = redis_settings.key_prefix
+    id_buckets = redis_client.keys(f"{prefix}ingest:id:*")
+    text_buckets = redis_client.keys(f"{prefix}ingest:text:*")
+    assert b"d" in {redis_client.hget(k, "id1") for k in id_buckets}
+    for buckets, ttl_ms in ((id_buckets, 60_000), (text_buckets, 30_000)):
+        for key in buckets:
+            assert ttl_ms <= redis_client.pttl(key) <= ttl_ms + ttl_ms // BUCKETS + 1_000
+
+
+def test_another_instance_is_told_busy_until_confirmed(
+    redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    a = dedup(redis_client, redis_settings.key_prefix, "a")
+    b = dedup(redis_client, redis_settings.key_prefix, "b")
+    assert a.reserve([("x", "hx")]) == [Verdict.NEW]
+    assert b.reserve([("x", "hx")]) == [Verdict.BUSY]
+    a.confirm([("x", "hx")])
+    assert b.reserve([("x", "hx")]) == [Verdict.DUPLICATE_ID]
+
+
+def test_a_dead_instances_lease_expires_and_its_restart_takes_over(
+    redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    prefix = redis_settings.key_prefix
+    crashed = dedup(redis_client, prefix, "a", lease_s=0.3)
+    assert crashed.reserve([("y", "hy"), ("z", "hz")]) == [Verdict.NEW, Verdict.NEW]
+    # The same instance restarted (new process, same id): takes over at once.
+    restarted = dedup(redis_client, prefix, "a")
+    assert restarted.reserve([("y", "hy")]) == [Verdict.NEW]
+    # Another instance waits for the lease to run out, then publishes.
+    other = dedup(redis_client, prefix, "b")
+    assert other.reserve([("z", "hz")]) == [Verdict.BUSY]
+    time.sleep(0.4)
+    assert other.reserve([("z", "hz")]) == [Verdict.NEW]
+
+
+def test_release_gives_back_only_own_leases(
+    redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    a = dedup(redis_client, redis_settings.key_prefix, "a")
+    b = dedup(redis_client, redis_settings.key_prefix, "b")
+    a.reserve([("r", "hr")])
+    assert b.release([("r", "hr")]) == 0
+    assert a.release([("r", "hr")]) == 2
+    assert b.reserve([("r", "hr")]) == [Verdict.NEW]

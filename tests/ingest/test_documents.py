@@ -1,0 +1,146 @@
+"""The pure core: fields in, one Document (or one dead letter) out."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sentiflow.dlq import reason_name
+from sentiflow.v1 import events_pb2
+from services.ingest.config import EntitySpec, IngestOptions
+from services.ingest.documents import Bad, Candidate, DocumentBuilder
+from services.ingest.ids import content_hash, source_doc_id
+
+NOW_NS = 1_790_000_000_123_456_789
+
+
+def builder(**options: object) -> DocumentBuilder:
+    return DocumentBuilder(IngestOptions.model_validate(options), "file:test")
+
+
+def doc_of(candidate: object) -> events_pb2.Document:
+    assert isinstance(candidate, Candidate), candidate
+    doc = events_pb2.Document()
+    doc.ParseFromString(candidate.value)
+    return doc
+
+
+def line(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_a_document_with_a_channel_id() -> None:
+    item = builder().from_json_line(
+        line(id="t-1", text="<b>$AAPL</b>  beats &amp; $MSFT", published_at=1_700_000_000),
+        NOW_NS,
+    )
+    doc = doc_of(item)
+    assert isinstance(item, Candidate)
+    assert doc.id == source_doc_id("file:test", "t-1") == item.doc_id
+    assert len(doc.id) == 32
+    assert item.source_doc_id == doc.id
+    assert item.content == content_hash("file:test", "$AAPL beats & $MSFT")
+    assert (doc.source, doc.source_id, doc.text) == ("file:test", "t-1", "$AAPL beats & $MSFT")
+    assert doc.raw_text == "<b>$AAPL</b>  beats &amp; $MSFT"
+    assert [(e.id, e.kind) for e in doc.entities] == [
+        ("AAPL", events_pb2.ENTITY_KIND_CASHTAG),
+        ("MSFT", events_pb2.ENTITY_KIND_CASHTAG),
+    ]
+    assert item.key == b"AAPL"  # the primary entity keys the message
+    assert doc.published_at.seconds == 1_700_000_000
+    assert doc.ingested_at.ToNanoseconds() == NOW_NS
+    assert not doc.truncated
+
+
+def test_without_a_channel_id_the_id_is_the_content_hash() -> None:
+    item = builder().from_json_line(line(text="markets were quiet"), NOW_NS)
+    assert isinstance(item, Candidate)
+    assert item.source_doc_id is None
+    assert item.doc_id == item.content
+    assert item.key == item.doc_id.encode()  # no entity: keyed by id
+    assert doc_of(item).raw_text == ""  # identical to the text: not repeated
+
+
+def test_invisible_differences_give_the_same_id() -> None:
+    nfc = "Société Générale cuts guidance"
+    a = builder().from_text(nfc, b"", NOW_NS)
+    b = builder().from_text(unicodedata.normalize("NFD", nfc) + "\u200b", b"", NOW_NS)
+    assert isinstance(a, Candidate)
+    assert isinstance(b, Candidate)
+    assert a.doc_id == b.doc_id
+
+
+def test_dictionary_entities_and_per_record_source() -> None:
+    b = DocumentBuilder(
+        IngestOptions(
+            entities=[EntitySpec(id="acme", names=["Acme Corp"])],
+            fields={"source": "channel"},  # type: ignore[arg-type]
+        ),
+        "file:x",
+    )
+    item = b.from_json_line(line(text="Acme Corp and $ACME", channel="twitter"), NOW_NS)
+    doc = doc_of(item)
+    assert doc.source == "twitter"
+    assert [e.id for e in doc.entities] == ["acme", "ACME"]
+    assert isinstance(item, Candidate)
+    assert item.key == b"acme"
+
+
+def test_truncation_is_flagged_and_bad_times_are_flagged() -> None:
+    doc = doc_of(
+        builder(max_text_chars=5).from_json_line(
+            line(text="abcdefgh", published_at="9999-01-01T00:00:00Z"), NOW_NS
+        )
+    )
+    assert (doc.text, doc.truncated) == ("abcde", True)
+    assert doc.attributes["published_at_flag"] == "clamped_future"
+    assert doc.published_at.ToNanoseconds() == NOW_NS
+
+
+def test_rejections_carry_reason_and_original_bytes() -> None:
+    b = builder(max_record_bytes=100)
+    cases = {
+        b"{oops": "invalid_json",
+        line(text="   "): "empty_text",
+        line(text="a\u0000b"): "invalid_field",
+        b'{"text": "\\ud800"}': "invalid_utf8",
+        line(text="x" * 200): "too_large",
+        line(title="no text"): "missing_field",
+    }
+    for raw, reason in cases.items():
+        item = b.from_json_line(raw, NOW_NS)
+        assert isinstance(item, Bad), raw
+        assert reason_name(item.rejection.reason) == reason, raw
+        assert item.original == raw
+        assert item.source == "file:test"
+
+
+def test_redaction_covers_text_title_and_dead_letters() -> None:
+    seen: list[Counter[str]] = []
+    b = DocumentBuilder(IngestOptions(redact=True), "http", on_redacted=seen.append)
+    doc = doc_of(
+        b.from_json_line(
+            line(text="write to jane@example.com\u200b now", title="call +1 (555) 123-4567"),
+            NOW_NS,
+        )
+    )
+    assert doc.text == "write to [EMAIL] now"
+    assert doc.title == "call [PHONE]"
+    assert doc.raw_text == ""  # the raw text could hide what the patterns miss
+    assert doc.attributes["redacted"] == "2"
+    assert seen == [Counter({"email": 1, "phone": 1})]
+    bad = b.from_json_line(b'{"text": "jane@example.com', NOW_NS)
+    assert isinstance(bad, Bad)
+    assert b"jane@example.com" not in bad.original
+    assert b"[EMAIL]" in bad.original
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=300))
+def test_fuzz_builder_always_answers(data: bytes) -> None:
+    item = builder().from_json_line(data, NOW_NS)
+    assert isinstance(item, Candidate | Bad)
