@@ -109,6 +109,12 @@ def _inference(_args: argparse.Namespace) -> int:
     return inference_main()
 
 
+def _alerting(_args: argparse.Namespace) -> int:
+    from services.alerting.main import main as alerting_main
+
+    return alerting_main()
+
+
 def _ingest(args: argparse.Namespace) -> int:
     from services.ingest.main import main as ingest_main
 
@@ -149,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         "inference",
         help="classify docs.raw into docs.scored and serve gRPC (SENTIFLOW_INFERENCE__*)",
     ).set_defaults(func=_inference)
+    sub.add_parser(
+        "alerting",
+        help="negative-sentiment spikes from docs.scored to alerts.sentiment and webhooks "
+        "(SENTIFLOW_ALERTING__*)",
+    ).set_defaults(func=_alerting)
 
     from services.ingest.cli import add_arguments as add_ingest_arguments
 

@@ -1,0 +1,45 @@
+"""Alerting settings from the environment, and the rules they must obey."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from sentiflow.cli import build_parser
+from services.alerting.config import AlertingOptions, AlertingSettings
+
+
+def test_environment_configures_detection_and_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENTIFLOW_ALERTING__WINDOW_S", "600")
+    monkeypatch.setenv("SENTIFLOW_ALERTING__LONG_WINDOW_S", "1800")
+    monkeypatch.setenv("SENTIFLOW_ALERTING__BY_SOURCE", "true")
+    monkeypatch.setenv(
+        "SENTIFLOW_ALERTING__WEBHOOKS",
+        '[{"url": "https://hooks.example/a?token=t", "secret": "hush-42"}]',
+    )
+    options = AlertingSettings().alerting
+    config = options.detector_config()
+    assert (config.window_s, config.long_window_s, options.by_source) == (600, 1800, True)
+    [hook] = options.webhooks
+    assert hook.secret is not None
+    assert hook.secret.get_secret_value() == "hush-42"
+    assert "hush-42" not in repr(hook)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"window_s": 301},  # not a multiple of the hop
+        {"long_window_s": 600, "window_s": 400, "hop_s": 100},  # not a multiple of the window
+        {"share_floor": 1.5},
+        {"webhooks": [{"url": "ftp://example.com/x"}]},
+    ],
+)
+def test_inconsistent_settings_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        AlertingOptions.model_validate(bad)
+
+
+def test_the_cli_has_an_alerting_command() -> None:
+    args = build_parser().parse_args(["alerting"])
+    assert args.func.__name__ == "_alerting"
