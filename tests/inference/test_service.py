@@ -13,6 +13,8 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from sentiflow import devstack
 from sentiflow.config import Settings
@@ -80,14 +82,15 @@ def _publish(settings: Settings, *versions: events_pb2.ModelVersion) -> None:
 
 def _wait_version(client: ClassifierClient, version: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
+    last: grpc.RpcError | None = None
     while time.monotonic() < deadline:
         try:
             if any(v.version == version for v in client.get_model()):
                 return
-        except grpc.RpcError:
-            pass
+        except grpc.RpcError as exc:
+            last = exc
         time.sleep(0.1)
-    raise AssertionError(f"{version} never served")
+    raise AssertionError(f"{version} never served ({last})")
 
 
 def _health(address: str) -> int:
@@ -297,3 +300,54 @@ def test_one_answer_per_document_and_version(
         predictions.append(prediction)
     assert [p.document.text for p in predictions] == texts
     assert predictions[0].predictions == predictions[1].predictions
+
+
+def test_quota_reflection_and_shadow_agreement(
+    settings: Settings, checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    running = Running(
+        _settings(
+            settings,
+            tmp_path,
+            api_keys={"k-bob": "bob", "k-ops": "ops"},
+            quota_rps=2.0,
+            quota_burst=3,
+        )
+    )
+    running.thread.start()
+    try:
+        _publish(
+            settings,
+            model_version(checkpoints["v1"], "v1"),
+            model_version(
+                checkpoints["v3"], "v3", stage=events_pb2.MODEL_STAGE_SHADOW, shadow_share=1.0
+            ),
+        )
+        _wait_grpc_up(running)
+        # Reflection lists the service without the client having the protos.
+        with grpc.insecure_channel(running.address) as channel:
+            stub: Any = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            (answer,) = list(stub.ServerReflectionInfo(iter([request]), timeout=5))
+            names = {s.name for s in answer.list_services_response.service}
+        assert {"sentiflow.v1.Classifier", "grpc.health.v1.Health"} <= names
+
+        with running.client("k-ops") as ops:
+            _wait_version(ops, "v3")  # ops's polling spends ops's quota, not bob's
+        with running.client("k-bob") as client:
+            outcomes = []
+            for text in ["stocks rally", "oil slump", "bank", "gold", "shares", "fed"]:
+                try:
+                    outcomes.append(client.classify(text)[0].version)
+                except grpc.RpcError as exc:
+                    outcomes.append(exc.code().name)
+        assert "RESOURCE_EXHAUSTED" in outcomes, "bob's quota of 3 is spent"
+        assert "v1" in outcomes
+        agreement = REGISTRY.get_sample_value(
+            "sentiflow_inference_shadow_scored_total", {"model": "sentiment", "version": "v3"}
+        )
+        assert agreement is not None
+        assert agreement >= 1
+    finally:
+        running.stop.set()
+        running.thread.join(timeout=30)
