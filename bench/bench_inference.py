@@ -36,7 +36,7 @@ from sentiflow.v1 import events_pb2
 from services.inference.batcher import Batcher, Item
 from services.inference.client import ClassifierClient
 from services.inference.config import InferenceOptions
-from services.inference.models import default_runner_factory, estimate_tokens
+from services.inference.models import default_runner_factory, token_lengths
 from services.trainer.data import load_seed_split
 from services.trainer.registry import Registry
 
@@ -71,6 +71,7 @@ def bench_pipeline(checkpoint: Path, texts: list[str]) -> tuple[float, list[str]
 def bench_raw(
     checkpoint: Path, texts: list[str], options: InferenceOptions
 ) -> tuple[float, list[str]]:
+    """The service's engine without Kafka: token counts, the batcher, the runner."""
     runner = default_runner_factory(options)(checkpoint, "bench")
     runner(texts[:64])
     with Batcher(
@@ -80,10 +81,9 @@ def bench_raw(
         capacity=len(texts),
     ) as batcher:
         started = time.perf_counter()
-        futures = batcher.submit(
-            [Item(t, estimate_tokens(t, options.max_length)) for t in texts], block=True
-        )
-        labels = [f.result().value.label for f in futures]
+        lengths = token_lengths(runner, texts, options.max_length)
+        items = [Item(t, n) for t, n in zip(texts, lengths, strict=True)]
+        labels = [f.result().value.label for f in batcher.submit(items, block=True)]
         rate = len(texts) / (time.perf_counter() - started)
     return rate, labels
 
