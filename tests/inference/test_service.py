@@ -351,3 +351,44 @@ def test_quota_reflection_and_shadow_agreement(
     finally:
         running.stop.set()
         running.thread.join(timeout=30)
+
+
+def test_one_process_serves_several_models_from_local_paths(
+    settings: Settings, tmp_path: Path
+) -> None:
+    topic_labels = ("earnings", "macro", "other")
+    paths = {
+        "sentiment": make_checkpoint(tmp_path / "sentiment", seed=1),
+        "topic": make_checkpoint(tmp_path / "topic", seed=2, labels=topic_labels),
+    }
+    running = Running(
+        _settings(settings, tmp_path, models=["sentiment", "topic"], model_paths=paths)
+    )
+    running.thread.start()
+    try:
+        _wait_grpc_up(running)
+        with running.client() as client:
+            deadline = time.monotonic() + 60
+            while len(client.get_model()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            both = client.classify("stocks rally on strong earnings")
+            only_topic = client.classify("oil slump", models=["topic"])
+        assert [p.model for p in both] == ["sentiment", "topic"]
+        assert {s.label for s in both[1].scores} == set(topic_labels)
+        assert [p.model for p in only_topic] == ["topic"]
+        assert all(p.version.startswith("local-") for p in both)
+
+        raw = settings.topics.full(settings.topics.docs_raw)
+        doc = events_pb2.Document(id="multi", text="bank shares slump")
+        produce_and_wait(
+            make_producer(settings.kafka), [Output(raw, doc.SerializeToString(), key=b"multi")]
+        )
+        (msg,) = read_topic(
+            settings.kafka, settings.topics.full(settings.topics.docs_scored), expect=1
+        )
+        prediction = events_pb2.Prediction()
+        prediction.ParseFromString(msg.value() or b"")
+        assert [p.model for p in prediction.predictions] == ["sentiment", "topic"]
+    finally:
+        running.stop.set()
+        running.thread.join(timeout=30)
