@@ -115,6 +115,18 @@ def _alerting(_args: argparse.Namespace) -> int:
     return alerting_main()
 
 
+def _feedback(_args: argparse.Namespace) -> int:
+    from services.feedback.main import main as feedback_main
+
+    return feedback_main()
+
+
+def _feedback_aggregator(_args: argparse.Namespace) -> int:
+    from services.feedback.aggregator import main as aggregator_main
+
+    return aggregator_main()
+
+
 def _ingest(args: argparse.Namespace) -> int:
     from services.ingest.main import main as ingest_main
 
@@ -160,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="negative-sentiment spikes from docs.scored to alerts.sentiment and webhooks "
         "(SENTIFLOW_ALERTING__*)",
     ).set_defaults(func=_alerting)
+    sub.add_parser(
+        "feedback",
+        help="the feedback gRPC API and document store (SENTIFLOW_FEEDBACK__*)",
+    ).set_defaults(func=_feedback)
+    sub.add_parser(
+        "feedback-aggregator",
+        help="settle feedback.events into training.examples (Faust worker; SENTIFLOW_FEEDBACK__*)",
+    ).set_defaults(func=_feedback_aggregator)
 
     from services.ingest.cli import add_arguments as add_ingest_arguments
 

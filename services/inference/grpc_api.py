@@ -1,8 +1,9 @@
 """The Classifier gRPC service over the shared model manager.
 
-Handlers are registered by hand rather than through the generated servicer so that a
-request that fails to deserialize (for example invalid UTF-8 in a string field)
-becomes INVALID_ARGUMENT with a message, not an opaque INTERNAL.
+Handlers are registered by hand (:mod:`sentiflow.grpchandlers`) rather than through
+the generated servicer so that a request that fails to deserialize (for example
+invalid UTF-8 in a string field) becomes INVALID_ARGUMENT with a message, not an
+opaque INTERNAL.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
-from sentiflow.errors import DeadlineExceededError, InvalidInputError, grpc_status
+from sentiflow.errors import DeadlineExceededError
+from sentiflow.grpchandlers import abort, parse_request, unary_handler
 from sentiflow.v1 import classifier_pb2, events_pb2
 from services.inference import metrics
 from services.inference.config import InferenceOptions
@@ -39,18 +41,6 @@ def to_model_prediction(model: str, scored: Scored) -> events_pb2.ModelPredictio
         scores=[events_pb2.LabelScore(label=k, score=v) for k, v in pred.scores.items()],
         truncated=pred.truncated,
     )
-
-
-def _parse(message_type: type[M], data: bytes) -> M:
-    msg = message_type()
-    try:
-        msg.ParseFromString(data)
-    except (DecodeError, RecursionError, ValueError) as exc:
-        raise InvalidInputError(
-            f"request is not a valid {message_type.DESCRIPTOR.name} "
-            f"(invalid UTF-8 in a string field?): {exc}"
-        ) from exc
-    return msg
 
 
 def _remaining(context: grpc.ServicerContext) -> float | None:
@@ -130,29 +120,22 @@ class ClassifierService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(
-            method: str,
-            request_type: type[M],
-            fn: Callable[[Any, grpc.ServicerContext], Message],
+            method: str, request_type: type[M], fn: Callable[[Any, grpc.ServicerContext], Message]
         ) -> grpc.RpcMethodHandler[bytes, bytes]:
-            def run(data: bytes, context: grpc.ServicerContext) -> bytes:
-                started = time.monotonic()
-                try:
-                    return fn(_parse(request_type, data), context).SerializeToString()
-                except Exception as exc:
-                    _abort(context, exc)
-                    raise  # unreachable: abort raises
-                finally:
-                    metrics.REQUEST_SECONDS.labels(method).observe(time.monotonic() - started)
-
-            return grpc.unary_unary_rpc_method_handler(run)
+            return unary_handler(
+                request_type,
+                fn,
+                observe=metrics.REQUEST_SECONDS.labels(method).observe,
+                on_code=_count_error,
+            )
 
         def stream(data_iter: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
             try:
-                requests = (_parse(classifier_pb2.ClassifyRequest, d) for d in data_iter)
+                requests = (parse_request(classifier_pb2.ClassifyRequest, d) for d in data_iter)
                 for response in self.classify_stream(requests, context):
                     yield response.SerializeToString()
             except Exception as exc:
-                _abort(context, exc)
+                abort(context, exc, _count_error)
 
         return grpc.method_handlers_generic_handler(
             SERVICE,
@@ -173,9 +156,5 @@ def _cancel(futures: dict[str, list[Future[Scored]]]) -> None:
             future.cancel()
 
 
-def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
-    code = grpc_status(exc)
-    if code == grpc.StatusCode.INTERNAL:
-        log.exception("unexpected error in a gRPC handler")
+def _count_error(code: grpc.StatusCode) -> None:
     metrics.ERRORS.labels(code.name.lower()).inc()
-    context.abort(code, str(exc) or type(exc).__name__)
