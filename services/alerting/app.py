@@ -27,9 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import ssl
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +53,6 @@ DELIVERED_TABLE = "webhooks-delivered"
 SERVICE = "alerting"
 # After SIGTERM a worker normally exits in about a second; one that hangs (a stuck
 # rebalance, a blocked agent) is ended anyway. Offsets and changelogs are in Kafka.
-HARD_STOP_AFTER_S = 15.0
 
 
 def app_id(settings: AlertingSettings) -> str:
@@ -329,31 +326,3 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
         app.agent(alerts, name="webhooks", concurrency=1)(notify)
 
     return AlertingApp(app=app, processor=processor)
-
-
-class _Worker(faust.Worker):
-    """A worker whose shutdown cannot hang: past a deadline the process just exits."""
-
-    async def stop(self) -> None:
-        timer = threading.Timer(HARD_STOP_AFTER_S, lambda: os._exit(1))
-        timer.daemon = True
-        timer.start()
-        await super().stop()
-
-
-def run_worker(bundle: AlertingApp, log_level: str) -> int:
-    """Run until SIGTERM/SIGINT (Faust installs the handlers); return the exit code."""
-    worker = _Worker(
-        bundle.app,
-        loglevel=log_level,
-        quiet=True,
-        redirect_stdouts=False,
-        override_logging=False,
-    )
-    # Logs are structured lines on stderr; a terminal spinner would only garble them.
-    worker.spinner = None
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 0
-    return 0

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from importlib.util import find_spec
 
+from sentiflow.faustworker import preflight, run_worker
 from sentiflow.logs import setup_logging
 from sentiflow.metrics import HealthServer
 from sentiflow.topics import admin_client, create_topics, topic_specs
-from services.alerting.app import build_app, changelog_specs, run_worker
+from services.alerting.app import build_app, changelog_specs
 from services.alerting.config import AlertingSettings
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,7 @@ def check_topics(settings: AlertingSettings) -> None:
 def main() -> int:
     settings = AlertingSettings()
     setup_logging("alerting", settings.log_level, settings.log_format)
-    # With producer_max_batch_size=1 Faust's buffer is "full" on every burst and it
-    # warns each time: that is flow control doing its job, not something to act on.
-    logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)
-    if find_spec("cramjam") is None:
-        # The other services produce lz4-compressed batches; aiokafka reads them only
-        # with cramjam installed, and otherwise crashes on the first fetch.
-        log.error("aiokafka cannot decompress lz4: install cramjam (pip install cramjam)")
+    if not preflight():
         return 1
     try:
         check_topics(settings)
@@ -59,7 +53,7 @@ def main() -> int:
     health = HealthServer(port=settings.metrics_port, ready=bundle.readiness).start()
     log.info("metrics on port %d", health.port)
     try:
-        return run_worker(bundle, settings.log_level)
+        return run_worker(bundle.app, settings.log_level)
     finally:
         health.stop()
 

@@ -22,17 +22,15 @@ exactly-once under Faust's at-least-once delivery (see :mod:`aggregation`).
 from __future__ import annotations
 
 import logging
-import os
 import ssl
-import threading
 from collections.abc import Sequence
-from importlib.util import find_spec
 from typing import Any
 
 import faust
 import redis.asyncio as aioredis
 
 from sentiflow.config import KafkaSettings
+from sentiflow.faustworker import preflight, run_worker
 from sentiflow.kafka import Output, Record
 from sentiflow.logs import setup_logging
 from sentiflow.metrics import HealthServer
@@ -46,7 +44,6 @@ log = logging.getLogger(__name__)
 SERVICE = "feedback-aggregator"
 # After SIGTERM a worker normally exits in about a second; one that hangs (a stuck
 # rebalance) is ended anyway: offsets are in Kafka and the state in Redis.
-HARD_STOP_AFTER_S = 15.0
 
 
 class StartupError(RuntimeError):
@@ -187,42 +184,10 @@ class FeedbackWorker:
         }
 
 
-class _Worker(faust.Worker):
-    """A worker whose shutdown cannot hang: past a deadline the process just exits."""
-
-    async def stop(self) -> None:
-        timer = threading.Timer(HARD_STOP_AFTER_S, lambda: os._exit(1))
-        timer.daemon = True
-        timer.start()
-        await super().stop()
-
-
-def run_worker(worker: FeedbackWorker, log_level: str) -> int:
-    """Run until SIGTERM/SIGINT (Faust installs the handlers); return the exit code."""
-    faust_worker = _Worker(
-        worker.app,
-        loglevel=log_level,
-        quiet=True,
-        redirect_stdouts=False,
-        override_logging=False,
-    )
-    faust_worker.spinner = None  # structured logs only; a spinner would garble them
-    try:
-        faust_worker.execute_from_commandline()
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 0
-    return 0
-
-
 def main() -> int:
     settings = FeedbackSettings()
     setup_logging(SERVICE, settings.log_level, settings.log_format)
-    # With producer_max_batch_size=1 Faust's buffer is "full" on every burst and it
-    # warns each time: that is flow control doing its job.
-    logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)
-    if find_spec("cramjam") is None:
-        # The other producers compress with lz4, which aiokafka reads only with cramjam.
-        log.error("aiokafka cannot decompress lz4: install cramjam (pip install cramjam)")
+    if not preflight():
         return 1
     try:
         check_topics(settings)
@@ -233,7 +198,7 @@ def main() -> int:
     health = HealthServer(port=settings.metrics_port, ready=worker.readiness).start()
     log.info("metrics on port %d", health.port)
     try:
-        return run_worker(worker, settings.log_level)
+        return run_worker(worker.app, settings.log_level)
     finally:
         health.stop()
 
