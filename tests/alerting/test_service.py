@@ -241,8 +241,13 @@ def test_a_restart_replays_without_a_second_alert(stack: devstack.DevStack, tmp_
         _produce(kafka, scored, _scenario_outputs(scored, docs[cut:]))
         second = Worker(kafka, names, options, tmp_path / "second.log")
         try:
+            # Both the replayed (duplicate) and the new (delivered) webhook must have
+            # been handled before the metrics are read; they finish in either order.
             metrics = second.wait_for(
-                lambda m: total(m, "sentiflow_alerting_webhooks_total", outcome="delivered") >= 1
+                lambda m: (
+                    total(m, "sentiflow_alerting_webhooks_total", outcome="delivered") >= 1
+                    and total(m, "sentiflow_alerting_webhooks_total", outcome="duplicate") >= 1
+                )
             )
             alerts = _alerts(kafka, names, expect=2)
         finally:
