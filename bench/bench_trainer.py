@@ -92,7 +92,7 @@ def main() -> int:
             settings = TrainerSettings(
                 kafka=kafka,
                 topics=names,
-                trainer=TrainerOptions(registry_root=root, min_new_examples=250),
+                trainer=TrainerOptions(registry_uri=str(root), min_new_examples=250),
             )
             registry = Registry(root)
             # The trainer's own seed validation is the test set, so the gate never sees

@@ -127,6 +127,8 @@ class FeedbackWorker:
                 service=SERVICE,
             ),
         )
+        # Faust creates its data directory without parents, so a fresh checkout would fail.
+        options.faust_datadir.mkdir(parents=True, exist_ok=True)
         self.app: Any = faust.App(
             app_id(settings),
             broker=f"kafka://{settings.kafka.bootstrap_servers}",

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sentiflow.config import Settings
+from sentiflow.objectstore import S3Options
 
 
 class InferenceOptions(BaseModel):
@@ -47,6 +48,10 @@ class InferenceOptions(BaseModel):
     kafka_batch: int = Field(default=256, ge=1)
     group: str = "inference"
     registry_root: Path = Path("var/registry")
+    # Versions published from an object store (s3:// artifact URIs) are fetched here
+    # and verified before loading; credentials come from the standard AWS variables.
+    s3: S3Options = S3Options()
+    artifact_cache_dir: Path = Path("var/artifact-cache")
 
 
 class InferenceSettings(Settings):

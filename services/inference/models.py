@@ -4,8 +4,10 @@ One batcher per model name is shared by the Kafka path and gRPC. A new productio
 version is loaded and warmed up on a loader thread beside the old one, its artifact
 checked against the published sha256 first, and only then swapped in: the batch in
 flight finishes on the old model and every later batch uses the new one. A version
-in shadow scores a sampled share of texts on its own batcher; its answers only feed
-the agreement metric, never a caller.
+in shadow scores a sampled share of texts on its own batcher; its answers feed the
+agreement metric and, on the Kafka path, ``Prediction.shadow_predictions`` (which the
+trainer's shadow judge reads), never a caller's answer. Versions stored in an object
+store are fetched into a local cache and verified file by file before loading.
 """
 
 from __future__ import annotations
@@ -17,17 +19,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from sentiflow.artifacts import build_manifest, manifest_digest, verify
+from sentiflow.artifacts import build_manifest, manifest_digest
 from sentiflow.errors import InvalidInputError, NotReadyError
 from sentiflow.modelversions import ModelState, ModelVersion
+from sentiflow.objectstore import fetch_artifact, is_s3_uri, s3_client
 from sentiflow.v1 import events_pb2
 from services.inference import metrics
 from services.inference.backends import OnnxRunner, Prediction, TorchRunner
 from services.inference.batcher import Batcher, Item, OverloadedError, Runner, Versioned
 from services.inference.config import InferenceOptions
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +40,8 @@ Scored = Versioned[Prediction]
 RunnerFactory = Callable[[Path, str], Runner[str, Prediction]]
 # Files in a registry version directory that are not part of the published artifact.
 NOT_IN_MANIFEST = ("metadata.json",)
-
-
-def artifact_path(uri: str) -> Path:
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return Path(parsed.path if parsed.scheme else uri)
-    raise ValueError(f"unsupported artifact URI {uri!r}: only local paths and file:// here")
+# Shadow answers per position in the submitted texts (only the sampled ones).
+ShadowFutures = dict[int, Future[Scored]]
 
 
 @runtime_checkable
@@ -114,6 +114,7 @@ class ModelManager:
         self._wanted: dict[tuple[str, str], str | None] = {}
         self._lock = threading.Lock()
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
+        self._s3: S3Client | None = None
         self.changed = threading.Condition()
 
     def _new_batcher(self, name: str, role: str = "production") -> Batcher[str, Prediction]:
@@ -197,11 +198,17 @@ class ModelManager:
 
     def install(self, info: ModelVersion, role: str) -> None:
         """Verify, load, warm up, then swap in (blocking; runs on the loader thread)."""
-        path = artifact_path(info.artifact_uri)
-        if info.sha256:
-            verify(path, info.sha256, exclude=NOT_IN_MANIFEST)
-        else:
+        if not info.sha256:
             raise ValueError(f"{info.model} {info.version}: published without a sha256")
+        if is_s3_uri(info.artifact_uri) and self._s3 is None:
+            self._s3 = s3_client(self._options.s3)
+        path = fetch_artifact(
+            info.artifact_uri,
+            info.sha256,
+            cache_dir=self._options.artifact_cache_dir,
+            client=self._s3,
+            exclude=NOT_IN_MANIFEST,
+        )
         runner = self._factory(path, info.version)
         runner(["warm-up"])  # first call allocates; keep that off the request path
         if role == "production":
@@ -258,23 +265,35 @@ class ModelManager:
         queue is full (``block=False``) or stays full past ``timeout``.
         """
         out: dict[str, list[Future[Scored]]] = {}
-        with self._lock:
-            missing = [m for m in models if m not in self._serving]
-        if missing:
-            raise NotReadyError(f"no model version published yet for {', '.join(missing)}")
-        for model in models:
-            batcher = self._batchers[model]
-            lengths = token_lengths(batcher.runner, texts, self._options.max_length)
-            items = [Item(t, n) for t, n in zip(texts, lengths, strict=True)]
-            try:
-                out[model] = batcher.submit(items, block=block, timeout=timeout)
-            except Exception:
-                for futures in out.values():
-                    for future in futures:
-                        future.cancel()
-                raise
-            self._shadow_score(model, texts, items, out[model])
+        try:
+            for model in models:
+                out[model], _ = self.submit_with_shadow(texts, model, block=block, timeout=timeout)
+        except Exception:
+            for futures in out.values():
+                for future in futures:
+                    future.cancel()
+            raise
         return out
+
+    def submit_with_shadow(
+        self,
+        texts: Sequence[str],
+        model: str,
+        *,
+        block: bool,
+        timeout: float | None = None,
+    ) -> tuple[list[Future[Scored]], ShadowFutures]:
+        """Queue texts on ``model``'s production batcher and, for the sampled share, on
+        its shadow; the shadow futures are keyed by position in ``texts``."""
+        with self._lock:
+            ready = model in self._serving
+        if not ready:
+            raise NotReadyError(f"no model version published yet for {model}")
+        batcher = self._batchers[model]
+        lengths = token_lengths(batcher.runner, texts, self._options.max_length)
+        items = [Item(t, n) for t, n in zip(texts, lengths, strict=True)]
+        futures = batcher.submit(items, block=block, timeout=timeout)
+        return futures, self._shadow_score(model, texts, items, futures)
 
     def _shadow_score(
         self,
@@ -282,21 +301,22 @@ class ModelManager:
         texts: Sequence[str],
         items: Sequence[Item[str]],
         production: list[Future[Scored]],
-    ) -> None:
+    ) -> ShadowFutures:
         with self._lock:
             shadow = self._shadows.get(model)
         if shadow is None:
-            return
+            return {}
         picked = [i for i, t in enumerate(texts) if sampled(t, shadow.info.shadow_share)]
         if not picked:
-            return
+            return {}
         try:
             futures = shadow.batcher.submit([items[i] for i in picked], block=False)
         except (OverloadedError, Exception):
             metrics.ERRORS.labels("shadow_skipped").inc()
-            return
+            return {}
         for i, future in zip(picked, futures, strict=True):
             _when_both_done(production[i], future, lambda p, c: _record_agreement(shadow, p, c))
+        return dict(zip(picked, futures, strict=True))
 
     def close(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)

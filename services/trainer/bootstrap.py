@@ -26,7 +26,7 @@ from services.trainer.data import (
     subset,
 )
 from services.trainer.finetune import TrainConfig, evaluate, train
-from services.trainer.registry import Registry, VersionInfo
+from services.trainer.registry import ModelRegistry, VersionInfo, open_registry
 
 DEFAULT_MODEL_NAME = "sentiment"
 EVAL_SET = "seed_valid"
@@ -93,7 +93,7 @@ def flat_metrics(report: Mapping[str, Any]) -> dict[str, float]:
 def bootstrap(
     data_path: Path | str | None,
     base_path: Path | str | None,
-    registry_root: Path | str,
+    registry: ModelRegistry | Path | str,
     config: TrainConfig | None = None,
     *,
     valid_path: Path | str | None = None,
@@ -166,7 +166,9 @@ def bootstrap(
         "metrics": flat_metrics(report),
         "evaluations": {EVAL_SET: report},
     }
-    return Registry(registry_root).save(
+    if isinstance(registry, Path | str):
+        registry = open_registry(registry)
+    return registry.save(
         model_name,
         model,
         tokenizer,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from services.trainer.config import TrainerSettings
-    from services.trainer.registry import Registry, VersionInfo
+    from services.trainer.registry import ModelRegistry, VersionInfo
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,7 +93,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     info = bootstrap(
         args.data or settings.trainer.seed_data,
         args.base,
-        settings.trainer.registry_root,
+        _registry(settings),
         config,
         valid_path=args.valid,
         model_name=args.model,
@@ -110,10 +110,10 @@ def _bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry() -> Registry:
-    from services.trainer.registry import Registry
+def _registry(settings: TrainerSettings | None = None) -> ModelRegistry:
+    from services.trainer.registry import registry_from_options
 
-    return Registry(_settings().trainer.registry_root)
+    return registry_from_options((settings or _settings()).trainer)
 
 
 def _models_list(args: argparse.Namespace) -> int:
@@ -129,13 +129,10 @@ def _models_show(args: argparse.Namespace) -> int:
 
 
 def _promote(model: str, version: str, reason: str) -> int:
-    from services.trainer.publish import Publisher
+    from services.trainer.publish import Publisher, promote
 
     settings = _settings()
-    registry = _registry()
-    registry.verify(model, version)
-    info = registry.set_stage(model, version, "production", reason)
-    Publisher(settings.kafka, settings.topics).publish(info)
+    promote(_registry(settings), Publisher(settings.kafka, settings.topics), model, version, reason)
     print(f"{model} {version} is production (published)")
     return 0
 

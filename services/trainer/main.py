@@ -11,7 +11,7 @@ from sentiflow.metrics import HealthServer
 from services.trainer.config import TrainerSettings
 from services.trainer.data import load_seed_split
 from services.trainer.publish import Publisher
-from services.trainer.registry import Registry
+from services.trainer.registry import registry_from_options
 from services.trainer.service import Trainer
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ def build(settings: TrainerSettings) -> Trainer:
     options = settings.trainer
     return Trainer(
         settings,
-        Registry(options.registry_root),
+        registry_from_options(options),
         Publisher(settings.kafka, settings.topics),
         load_seed_split("train", options.seed_data),
         load_seed_split("valid", options.seed_data),
@@ -33,7 +33,7 @@ def main(stop: threading.Event) -> int:
     setup_logging("trainer", settings.log_level, settings.log_format)
     install_stop_handlers(stop)
     trainer = build(settings)
-    registry = Registry(settings.trainer.registry_root)
+    registry = registry_from_options(settings.trainer)
 
     def readiness() -> tuple[bool, dict[str, object]]:
         production = registry.production(settings.trainer.model)

@@ -15,7 +15,7 @@ from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.dlq import now_timestamp
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.v1 import events_pb2
-from services.trainer.registry import Registry, Stage, VersionInfo
+from services.trainer.registry import ModelRegistry, Stage, VersionInfo
 
 STAGES: Mapping[Stage, events_pb2.ModelStage.ValueType] = {
     "candidate": events_pb2.MODEL_STAGE_CANDIDATE,
@@ -66,11 +66,28 @@ class Publisher:
         )
         return event
 
-    def republish_production(self, registry: Registry) -> list[events_pb2.ModelVersion]:
-        """Announce every model's production version again (idempotent for readers)."""
+    def republish_production(
+        self, registry: ModelRegistry, shadow_share: float = 0.0
+    ) -> list[events_pb2.ModelVersion]:
+        """Announce every model's production version again (idempotent for readers),
+        and its shadow version too when ``shadow_share`` is set."""
         out = []
         for model in registry.models():
             production = registry.production(model)
             if production is not None:
                 out.append(self.publish(production))
+            shadow = registry.shadow(model) if shadow_share > 0 else None
+            if shadow is not None:
+                out.append(self.publish(shadow, shadow_share))
         return out
+
+
+def promote(
+    registry: ModelRegistry, publisher: Publisher, model: str, version: str, reason: str
+) -> VersionInfo:
+    """Make a version production and announce it: operators, rollback and the shadow
+    judge all go through here, so every promotion verifies the artifact first."""
+    registry.verify(model, version)
+    info = registry.set_stage(model, version, "production", reason)
+    publisher.publish(info)
+    return info

@@ -6,6 +6,9 @@ for versions and stages; events about them are derived from it. A version direct
 appears atomically (written under a temporary name, then renamed), so a reader never
 sees half a checkpoint, and its files never change afterwards: only ``metadata.json``
 is rewritten, for stage changes, which is why the manifest leaves it out.
+
+The same layout in an S3-compatible object store is ``s3registry.S3Registry``; both
+implement :class:`ModelRegistry`, and :func:`open_registry` picks one by URI.
 """
 
 from __future__ import annotations
@@ -22,17 +25,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sentiflow.artifacts import build_manifest, check_no_pickle, manifest_digest, verify
 from sentiflow.modeling import label_names, load_classifier
+from sentiflow.objectstore import S3Options, is_s3_uri, local_path
+
+if TYPE_CHECKING:
+    from services.trainer.config import TrainerOptions
 
 Stage = Literal["candidate", "shadow", "production", "rejected", "archived"]
 STAGES: tuple[Stage, ...] = get_args(Stage)
 METADATA_FILE = "metadata.json"
 LOCK_FILE = ".lock"
+STATE_FILE = "trainer_state.json"
 RESERVED_FIELDS = frozenset(
     {
         "version",
@@ -74,10 +82,13 @@ class VersionInfo:
     metrics: dict[str, Any]
     manifest_digest: str
     metadata: dict[str, Any]
+    # Where the version is stored when that is not ``path`` (an object-store prefix);
+    # ``path`` is then the local cache directory it is fetched into.
+    location: str = ""
 
     @property
     def uri(self) -> str:
-        return self.path.resolve().as_uri()
+        return self.location or self.path.resolve().as_uri()
 
     @property
     def reason(self) -> str:
@@ -120,11 +131,147 @@ def _json_default(value: Any) -> Any:
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+    tmp.write_text(metadata_json(data))
     os.replace(tmp, path)
 
 
-def _info_from_metadata(path: Path, metadata: dict[str, Any]) -> VersionInfo:
+def check_new_fields(metadata_fields: Mapping[str, Any] | None) -> dict[str, Any]:
+    fields = dict(metadata_fields or {})
+    clashes = sorted(RESERVED_FIELDS & fields.keys())
+    if clashes:
+        raise RegistryError(f"metadata fields {clashes} are set by the registry")
+    return fields
+
+
+def new_metadata(
+    fields: Mapping[str, Any],
+    *,
+    model_name: str,
+    version: str,
+    parent: str | None,
+    stage: Stage,
+    reason: str,
+    labels: builtins.list[str],
+    manifest: Mapping[str, str],
+) -> dict[str, Any]:
+    created = _now()
+    return {
+        **fields,
+        "model_name": model_name,
+        "version": version,
+        "parent": parent,
+        "created": created,
+        "stage": stage,
+        "stage_changed": created,
+        "stage_history": [{"stage": stage, "reason": reason, "at": created}],
+        "labels": labels,
+        "files": dict(manifest),
+        "manifest_digest": manifest_digest(manifest),
+    }
+
+
+def with_stage(metadata: Mapping[str, Any], stage: Stage, reason: str, at: str) -> dict[str, Any]:
+    out = dict(metadata)
+    out["stage"] = stage
+    out["stage_changed"] = at
+    out["stage_history"] = [
+        *metadata.get("stage_history", []),
+        {"stage": stage, "reason": reason, "at": at},
+    ]
+    return out
+
+
+def metadata_json(metadata: Mapping[str, Any]) -> str:
+    return json.dumps(metadata, indent=2, sort_keys=True, default=_json_default) + "\n"
+
+
+def pick_current(versions: builtins.list[VersionInfo], stage: Stage) -> VersionInfo | None:
+    """The version serving in ``stage``: the one moved there most recently."""
+    candidates = [v for v in versions if v.stage == stage]
+    if not candidates:
+        return None
+    return max(
+        candidates,
+        key=lambda v: (str(v.metadata.get("stage_changed", "")), version_number(v.version)),
+    )
+
+
+# Only one version serves in each of these stages; entering one supersedes the other.
+EXCLUSIVE_STAGES: frozenset[Stage] = frozenset({"production", "shadow"})
+
+
+def superseded(
+    versions: builtins.list[VersionInfo], keep: str, stage: Stage
+) -> builtins.list[VersionInfo]:
+    """Versions to archive because ``keep`` entered ``stage``."""
+    if stage not in EXCLUSIVE_STAGES:
+        return []
+    return [v for v in versions if v.stage == stage and v.version != keep]
+
+
+class ModelRegistry(Protocol):
+    """Versions of named models, on a filesystem or in an object store."""
+
+    def models(self) -> builtins.list[str]: ...
+
+    def list(self, model_name: str) -> builtins.list[VersionInfo]: ...
+
+    def get(self, model_name: str, version: str) -> VersionInfo: ...
+
+    def latest(self, model_name: str) -> VersionInfo | None: ...
+
+    def production(self, model_name: str) -> VersionInfo | None: ...
+
+    def shadow(self, model_name: str) -> VersionInfo | None: ...
+
+    def save(
+        self,
+        model_name: str,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        metadata_fields: Mapping[str, Any] | None = None,
+        *,
+        stage: Stage = "candidate",
+        parent: str | None = None,
+        reason: str = "",
+    ) -> VersionInfo: ...
+
+    def set_stage(
+        self, model_name: str, version: str, stage: Stage, reason: str
+    ) -> VersionInfo: ...
+
+    def verify(self, model_name: str, version: str) -> VersionInfo:
+        """Check every file against its sha256; the result's ``path`` is the local copy."""
+        ...
+
+    def load(
+        self, model_name: str, version: str
+    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]: ...
+
+    def read_state(self, model_name: str) -> dict[str, Any] | None:
+        """The trainer's progress record for ``model_name``, stored beside its versions."""
+        ...
+
+    def write_state(self, model_name: str, state: Mapping[str, Any]) -> None: ...
+
+
+def open_registry(
+    uri: str | Path, s3: S3Options | None = None, cache_dir: Path | None = None
+) -> ModelRegistry:
+    """The registry a URI names: ``s3://bucket/prefix``, ``file:///path`` or a plain path."""
+    text = str(uri)
+    if is_s3_uri(text):
+        from services.trainer.s3registry import S3Registry
+
+        return S3Registry(text, s3 or S3Options(), cache_dir or Path("var/artifact-cache"))
+    return Registry(local_path(text))
+
+
+def registry_from_options(options: TrainerOptions) -> ModelRegistry:
+    return open_registry(options.registry_location, options.s3, options.artifact_cache_dir)
+
+
+def _info_from_metadata(path: Path, metadata: dict[str, Any], location: str = "") -> VersionInfo:
     return VersionInfo(
         model_name=str(metadata["model_name"]),
         version=str(metadata["version"]),
@@ -136,6 +283,7 @@ def _info_from_metadata(path: Path, metadata: dict[str, Any]) -> VersionInfo:
         metrics=dict(metadata.get("metrics") or {}),
         manifest_digest=str(metadata["manifest_digest"]),
         metadata=metadata,
+        location=location,
     )
 
 
@@ -200,13 +348,10 @@ class Registry:
 
     def production(self, model_name: str) -> VersionInfo | None:
         """The version serving now: the most recently promoted production version."""
-        candidates = [v for v in self.list(model_name) if v.stage == "production"]
-        if not candidates:
-            return None
-        return max(
-            candidates,
-            key=lambda v: (str(v.metadata.get("stage_changed", "")), version_number(v.version)),
-        )
+        return pick_current(self.list(model_name), "production")
+
+    def shadow(self, model_name: str) -> VersionInfo | None:
+        return pick_current(self.list(model_name), "shadow")
 
     def save(
         self,
@@ -226,10 +371,7 @@ class Registry:
         manifest, and refuses caller fields that would overwrite those.
         """
         stage = _check_stage(stage)
-        fields = dict(metadata_fields or {})
-        clashes = sorted(RESERVED_FIELDS & fields.keys())
-        if clashes:
-            raise RegistryError(f"metadata fields {clashes} are set by the registry")
+        fields = check_new_fields(metadata_fields)
         with self._locked(model_name) as model_dir:
             if parent is not None:
                 self.get(model_name, parent)
@@ -239,31 +381,27 @@ class Registry:
                 tokenizer.save_pretrained(staging)
                 check_no_pickle(staging)
                 manifest = build_manifest(staging)
-                created = _now()
                 existing = self._version_dirs(model_name)
                 number = version_number(existing[-1].name) + 1 if existing else 1
                 version = format_version(number)
-                metadata: dict[str, Any] = {
-                    **fields,
-                    "model_name": model_name,
-                    "version": version,
-                    "parent": parent,
-                    "created": created,
-                    "stage": stage,
-                    "stage_changed": created,
-                    "stage_history": [{"stage": stage, "reason": reason, "at": created}],
-                    "labels": label_names(model),
-                    "files": manifest,
-                    "manifest_digest": manifest_digest(manifest),
-                }
+                metadata = new_metadata(
+                    fields,
+                    model_name=model_name,
+                    version=version,
+                    parent=parent,
+                    stage=stage,
+                    reason=reason,
+                    labels=label_names(model),
+                    manifest=manifest,
+                )
+                created = str(metadata["created"])
                 _write_json_atomic(staging / METADATA_FILE, metadata)
                 final = model_dir / version
                 os.rename(staging, final)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            if stage == "production":
-                self._archive_other_production(model_name, version, created)
+            self._archive_superseded(model_name, version, stage, created)
             return self._read(final)
 
     def set_stage(self, model_name: str, version: str, stage: Stage, reason: str) -> VersionInfo:
@@ -277,24 +415,15 @@ class Registry:
             info = self.get(model_name, version)
             changed = _now()
             self._write_stage(info, stage, reason, changed)
-            if stage == "production":
-                self._archive_other_production(model_name, version, changed)
+            self._archive_superseded(model_name, version, stage, changed)
             return self.get(model_name, version)
 
     def _write_stage(self, info: VersionInfo, stage: Stage, reason: str, at: str) -> None:
-        metadata = dict(info.metadata)
-        metadata["stage"] = stage
-        metadata["stage_changed"] = at
-        metadata["stage_history"] = [
-            *metadata.get("stage_history", []),
-            {"stage": stage, "reason": reason, "at": at},
-        ]
-        _write_json_atomic(info.path / METADATA_FILE, metadata)
+        _write_json_atomic(info.path / METADATA_FILE, with_stage(info.metadata, stage, reason, at))
 
-    def _archive_other_production(self, model_name: str, keep: str, at: str) -> None:
-        for other in self.list(model_name):
-            if other.stage == "production" and other.version != keep:
-                self._write_stage(other, "archived", f"superseded by {keep}", at)
+    def _archive_superseded(self, model_name: str, keep: str, stage: Stage, at: str) -> None:
+        for other in superseded(self.list(model_name), keep, stage):
+            self._write_stage(other, "archived", f"superseded by {keep}", at)
 
     def verify(self, model_name: str, version: str) -> VersionInfo:
         """Check every file of a version against its recorded sha256; raise if any differ."""
@@ -314,3 +443,15 @@ class Registry:
         """Verify a version, then load it; a tampered artifact is never deserialised."""
         info = self.verify(model_name, version)
         return load_classifier(info.path)
+
+    def read_state(self, model_name: str) -> dict[str, Any] | None:
+        try:
+            state = json.loads((self._model_dir(model_name) / STATE_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        return state if isinstance(state, dict) else None
+
+    def write_state(self, model_name: str, state: Mapping[str, Any]) -> None:
+        model_dir = self._model_dir(model_name)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(model_dir / STATE_FILE, state)

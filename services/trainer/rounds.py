@@ -22,7 +22,7 @@ from services.trainer.data import in_holdout
 from services.trainer.examples import Example
 from services.trainer.finetune import TrainConfig, evaluate, train
 from services.trainer.gate import FEEDBACK_SET, SEED_SET, GateConfig, Verdict, decide
-from services.trainer.registry import Registry, Stage, VersionInfo
+from services.trainer.registry import ModelRegistry, Stage, VersionInfo
 
 Texts = list[str]
 Labels = list[str]
@@ -107,7 +107,7 @@ def _scores(
 
 
 def run_round(
-    registry: Registry,
+    registry: ModelRegistry,
     model_name: str,
     data: RoundData,
     seed_valid: tuple[Texts, Labels],

@@ -1,6 +1,6 @@
 """The trainer as a service: follow training.examples, run rounds, publish versions.
 
-Progress lives beside the registry (``trainer_state.json``): the offsets of
+Progress lives in the registry beside the versions (``trainer_state.json``): the offsets of
 training.examples that the last finished round trained through. A round that
 crashes never writes it, so its examples are still pending after a restart, and
 production is untouched because nothing is registered until the gate has decided.
@@ -8,12 +8,10 @@ production is untouched because nothing is registered until the gate has decided
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
@@ -26,8 +24,9 @@ from services.trainer.examples import Example, ExampleStore
 from services.trainer.finetune import TrainConfig
 from services.trainer.gate import GateConfig
 from services.trainer.publish import Publisher
-from services.trainer.registry import Registry
+from services.trainer.registry import ModelRegistry
 from services.trainer.rounds import RoundConfig, RoundResult, plan, run_round, should_run
+from services.trainer.shadow import ShadowService
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +36,6 @@ ROUND_SECONDS = Histogram(
 )
 PENDING = Gauge("sentiflow_trainer_pending_examples", "settled examples not yet trained on")
 EXAMPLES = Gauge("sentiflow_trainer_examples", "settled examples known")
-
-STATE_FILE = "trainer_state.json"
 
 
 def round_config(settings: TrainerSettings) -> RoundConfig:
@@ -94,7 +91,7 @@ class Trainer:
     def __init__(
         self,
         settings: TrainerSettings,
-        registry: Registry,
+        registry: ModelRegistry,
         publisher: Publisher,
         seed_train: tuple[list[str], list[str]],
         seed_valid: tuple[list[str], list[str]],
@@ -107,24 +104,26 @@ class Trainer:
         self._seed_valid = seed_valid
         self._config = round_config(settings)
         self.reader = ExampleReader(settings, ExampleStore(self._options.model))
-        self._state_path = Path(self._options.registry_root) / self._options.model / STATE_FILE
+        self.shadow = (
+            ShadowService(settings.kafka, settings.topics, self._options, registry, publisher)
+            if self._options.promote_to == "shadow"
+            else None
+        )
         self.last_result: RoundResult | None = None
 
     # -- progress ---------------------------------------------------------------------
 
     def _load_state(self) -> tuple[dict[int, int], float]:
-        try:
-            state = json.loads(self._state_path.read_text())
-        except FileNotFoundError:
+        state = self._registry.read_state(self._options.model)
+        if state is None:
             return {}, time.time()
         through = {int(p): int(o) for p, o in state.get("trained_through", {}).items()}
         return through, float(state.get("last_round", time.time()))
 
     def _save_state(self, through: dict[int, int], last_round: float) -> None:
-        self._state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"trained_through": through, "last_round": last_round}))
-        tmp.replace(self._state_path)
+        self._registry.write_state(
+            self._options.model, {"trained_through": through, "last_round": last_round}
+        )
 
     def _reconcile(self, through: dict[int, int]) -> dict[int, int]:
         """Forget offsets beyond the topic's end: the topic was recreated (broker restart)."""
@@ -138,14 +137,20 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        self._publisher.republish_production(self._registry)
+        shadowing = self.shadow is not None
+        self._publisher.republish_production(
+            self._registry, self._options.shadow_share if shadowing else 0.0
+        )
         self.reader.start()
+        if self.shadow is not None:
+            self.shadow.start()
         self.reader.caught_up.wait(timeout=30)
         through, last_round = self._load_state()
         through = self._reconcile(through)
         retry_after = 0.0
         try:
             while not stop.wait(self._options.check_interval_s):
+                self._judge_shadow()
                 with self.reader.lock:
                     pending = self.reader.store.pending(through)
                     everything = self.reader.store.all()
@@ -167,6 +172,18 @@ class Trainer:
                 self._save_state(through, last_round)
         finally:
             self.reader.stop()
+            if self.shadow is not None:
+                self.shadow.stop()
+
+    def _judge_shadow(self) -> None:
+        if self.shadow is None:
+            return
+        try:
+            self.shadow.check()
+        except Exception:
+            # The decision is taken again on the next check: nothing was half-done that
+            # a retry would not redo (stage writes and publishing are idempotent).
+            log.exception("judging the shadow version failed")
 
     def round(self, pending: list[Example], everything: list[Example]) -> RoundResult:
         model = self._options.model

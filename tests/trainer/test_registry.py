@@ -149,3 +149,15 @@ def test_bad_requests(registry: Registry, tiny: Tiny) -> None:
         registry.get("sentiment", "v0099")
     with pytest.raises(RegistryError, match="invalid version"):
         registry.get("sentiment", "../v0001")
+
+
+def test_a_new_shadow_supersedes_the_previous_one(registry: Registry, tiny: Tiny) -> None:
+    registry.save("sentiment", *tiny, stage="production")
+    first = registry.save("sentiment", *tiny, stage="shadow")
+    second = registry.save("sentiment", *tiny, stage="shadow")
+    assert registry.shadow("sentiment") == registry.get("sentiment", second.version)
+    archived = registry.get("sentiment", first.version)
+    assert (archived.stage, archived.reason) == ("archived", f"superseded by {second.version}")
+    assert registry.production("sentiment").version == "v0001"  # type: ignore[union-attr]
+    registry.set_stage("sentiment", first.version, "shadow", "operator")
+    assert registry.get("sentiment", second.version).stage == "archived"

@@ -93,7 +93,7 @@ def test_rounds_promote_better_models_reject_worse_ones_and_rollback_works(
         kafka=settings.kafka,
         topics=settings.topics,
         trainer=TrainerOptions(
-            registry_root=tmp_path / "registry",
+            registry_uri=str(tmp_path / "registry"),
             min_new_examples=200,
             check_interval_s=0.2,
             epochs=6,

@@ -1,0 +1,58 @@
+"""Console settings: ``SENTIFLOW_CONSOLE__*`` env vars or ``[console]`` in the file."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from sentiflow.config import Settings
+from services.trainer.config import TrainerOptions
+
+
+class ConsoleOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+    # Access. Empty api_keys and operator_keys: the console is open (a dev machine).
+    # Otherwise every /api call needs one of the keys as ``Authorization: Bearer`` or
+    # the session cookie the login form sets; promote and rollback need an operator
+    # key. Set from a secret: SENTIFLOW_CONSOLE__API_KEYS='["<key>"]'.
+    api_keys: list[SecretStr] = []
+    operator_keys: list[SecretStr] = []
+    session_ttl_s: int = Field(default=12 * 3600, gt=0)
+
+    # The feedback service. Signals are recorded for the identity of the key the
+    # feedback service sees: the console's own key, or with forward_api_key the key
+    # the analyst logged in with (then console keys must be feedback keys too), so
+    # every analyst votes as themselves.
+    feedback_address: str = "127.0.0.1:50053"
+    feedback_api_key: SecretStr | None = None
+    forward_api_key: bool = False
+    feedback_timeout_s: float = Field(default=10.0, gt=0)
+    default_model: str = "sentiment"
+
+    # What the console keeps in memory, and what it loads on start.
+    recent_documents: int = Field(default=500, ge=1, description="live stream ring")
+    recent_alerts: int = Field(default=200, ge=1)
+    window_s: int = Field(default=60, ge=1, description="chart window length")
+    windows_per_entity: int = Field(default=180, ge=1)
+    max_entities: int = Field(default=5000, ge=1)
+    tracked_documents: int = Field(
+        default=100_000, ge=1, description="documents remembered so a re-score is not counted twice"
+    )
+    backfill_documents: int = Field(
+        default=2000, ge=0, description="docs.scored records per partition read on start"
+    )
+    backfill_alerts: int = Field(default=500, ge=0, description="per partition, on start")
+    review_limit: int = Field(default=50, ge=1, le=1000)
+    heartbeat_s: float = Field(default=15.0, gt=0, description="SSE keep-alive comment")
+
+
+class ConsoleSettings(Settings):
+    """The console's section, plus the trainer's: the registry is found exactly where
+    the trainer keeps it (``SENTIFLOW_TRAINER__REGISTRY_URI`` and its storage options)."""
+
+    service_name: str = "console"
+    console: ConsoleOptions = ConsoleOptions()
+    trainer: TrainerOptions = TrainerOptions()

@@ -1,0 +1,134 @@
+"""docker/Dockerfile: linted with hadolint, and its commands run here where they can
+(no image can be built on these machines)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.tools import DOCKERFILE, REGISTRY_PATH, ROOT, run, tool
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    lines: list[str] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        lines.append(pending + line)
+        pending = ""
+    return [(ins.upper(), rest) for ins, _, rest in (line.partition(" ") for line in lines)]
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    found: list[list[tuple[str, str]]] = []
+    for ins, rest in instructions():
+        if ins == "FROM":
+            found.append([])
+        if found:
+            found[-1].append((ins, rest))
+    return found
+
+
+def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for ins, rest in stage:
+        if ins == "ENV":
+            for item in shlex.split(rest):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def test_hadolint_passes() -> None:
+    hadolint = tool("hadolint")
+    result = run([hadolint, str(DOCKERFILE)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_multi_stage_with_a_non_root_runtime() -> None:
+    build, runtime = stages()
+    assert re.search(r"\bAS build\b", build[0][1])
+    assert not any(ins == "USER" for ins, _ in build)
+    users = [rest for ins, rest in runtime if ins == "USER"]
+    assert users, "the runtime stage must switch to a non-root user"
+    args = {k: v for ins, rest in runtime if ins == "ARG" for k, _, v in [rest.partition("=")]}
+    uid = users[-1].split(":")[0].replace("${UID}", args.get("UID", "")).strip()
+    assert uid.isdigit(), users[-1]
+    assert int(uid) != 0
+    # The runtime stage takes the environment from the build stage, not a compiler.
+    assert any(ins == "COPY" and rest.startswith("--from=build /opt/venv") for ins, rest in runtime)
+
+
+def test_cpu_torch_by_default_with_a_build_arg_for_cuda() -> None:
+    build = stages()[0]
+    args = dict(rest.partition("=")[::2] for ins, rest in build if ins == "ARG")
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    runs = " ".join(rest for ins, rest in build if ins == "RUN")
+    assert '--index-url "${TORCH_INDEX_URL}"' in runs
+
+
+def test_the_requirements_step_installs_exactly_the_pinned_dependencies(tmp_path: Path) -> None:
+    """Runs the build stage's own python command on this pyproject.toml."""
+    run_line = next(rest for ins, rest in stages()[0] if ins == "RUN" and "tomllib" in rest)
+    command = shlex.split(run_line.split(" && ")[0])
+    assert command[:2] == ["python", "-c"]
+    (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    subprocess.run([sys.executable, "-c", command[2]], cwd=tmp_path, check=True)
+    pinned = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert (tmp_path / "requirements.txt").read_text().split() == pinned
+    torch = (tmp_path / "torch.txt").read_text().split()
+    assert len(torch) == 1
+    assert torch[0].startswith("torch==")
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\[\]-]+==[^=]+", dep) for dep in pinned)
+
+
+def test_the_entrypoint_runs_the_cli_from_the_copied_source(tmp_path: Path) -> None:
+    """The runtime stage's layout, reproduced: source on PYTHONPATH, a read-only tree,
+    another working directory, the image's environment."""
+    runtime = stages()[-1]
+    env = env_of(runtime)
+    app = env["PYTHONPATH"]
+    copies = {rest.split()[-1]: rest.split()[0] for ins, rest in runtime if ins == "COPY"}
+    assert copies[f"{app}/sentiflow"] == "sentiflow"
+    assert copies[f"{app}/services"] == "services"
+    # services/trainer/data.py finds the seed data two levels above itself.
+    assert copies[f"{app}/data"] == "data"
+    assert env["SENTIFLOW_TRAINER__REGISTRY_URI"] == REGISTRY_PATH
+    assert env["SENTIFLOW_INFERENCE__REGISTRY_ROOT"] == REGISTRY_PATH
+    entrypoint = next(rest for ins, rest in runtime if ins == "ENTRYPOINT")
+    assert entrypoint == '["python", "-m", "sentiflow.cli"]'
+
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIFLOW_")}
+    child_env.update({k: v for k, v in env.items() if k not in {"PATH", "VIRTUAL_ENV"}})
+    child_env.update({"PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, "-m", "sentiflow.cli", "--help"],
+        cwd=tmp_path,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for command in ("inference", "trainer", "feedback", "alerting", "console", "topics"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("kept", ["pyproject.toml", "sentiflow/", "services/", "data/"])
+def test_dockerignore_keeps_what_the_build_copies(kept: str) -> None:
+    rules = (ROOT / ".dockerignore").read_text().split()
+    assert "*" in rules
+    assert f"!{kept}" in rules
