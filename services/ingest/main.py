@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import redis
+from confluent_kafka import KafkaException, Producer
 
 from sentiflow.kafka import make_producer
 from sentiflow.lifecycle import install_stop_handlers
@@ -61,6 +62,22 @@ def make_builder(options: IngestOptions, source: str) -> DocumentBuilder:
     return DocumentBuilder(options, source, on_redacted=metrics.count_redactions)
 
 
+def connected_producer(settings: IngestSettings, topic: str) -> Producer:
+    """A producer already connected to the broker.
+
+    An idempotent producer that produces before it has a broker connection waits for
+    its producer id on a background timer (half a second or more on the first
+    batch); asking for the topic's metadata connects it at once. A broker that does
+    not answer here is left to the producer's own retries.
+    """
+    producer = make_producer(settings.kafka)
+    try:
+        producer.list_topics(topic, timeout=settings.kafka.flush_timeout_s)
+    except KafkaException as exc:
+        log.warning("broker metadata not available yet: %s", exc)
+    return producer
+
+
 def start_runtime(settings: IngestSettings, instance_id: str | None = None) -> Runtime:
     """Topics ensured, producer and (with dedup) Redis connected, publisher started."""
     topics = settings.topics
@@ -82,7 +99,7 @@ def start_runtime(settings: IngestSettings, instance_id: str | None = None) -> R
             window_s=options.dedup_window_s,
         )
     publisher = Publisher(
-        make_producer(settings.kafka),
+        connected_producer(settings, topics.full(topics.docs_raw)),
         dedup,
         docs_topic=topics.full(topics.docs_raw),
         dlq_topic=topics.full(topics.docs_dlq),

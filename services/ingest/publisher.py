@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from sentiflow.dlq import rejected
 from sentiflow.kafka import flush
 from services.ingest import metrics
-from services.ingest.dedup import DedupKey, Deduplicator, Verdict
+from services.ingest.dedup import DedupKey, Deduplicator, Reservation, Verdict
 from services.ingest.documents import Bad, Candidate, Item
 
 log = logging.getLogger(__name__)
@@ -63,14 +63,20 @@ class _Flight:
     unacked: int = 0
     to_reserve: list[int] = field(default_factory=list)
     reserved: list[int] = field(default_factory=list)
+    # With dedup: the keys of ``reserved``, in the same order (confirmed once published).
+    reserved_keys: list[DedupKey] = field(default_factory=list)
     retry_at: float = 0.0
     retry_delay: float = 0.05
     failures: list[tuple[KafkaError, Message]] = field(default_factory=list)
     attempts: dict[int, int] = field(default_factory=dict)
     dead_letters: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # value, key
     # A reservation under way in the Redis thread, and the items it is about.
-    reserving: Future[list[Verdict]] | None = None
+    reserving: Future[Reservation] | None = None
+    # The reservations that leased this batch's documents, confirmed as a whole
+    # when none of them failed.
+    reservations: list[str] = field(default_factory=list)
     asked: list[int] = field(default_factory=list)
+    asked_keys: list[DedupKey] = field(default_factory=list)
 
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
@@ -223,8 +229,20 @@ class Publisher:
 
     def _start(self, batch: Batch) -> None:
         flight = _Flight(batch, [None] * len(batch.items))
+        if Bad not in set(map(type, batch.items)):  # the common case: no dead letters
+            docs = list(range(len(batch.items)))
+        else:
+            docs = self._start_dead_letters(flight)
+        if self._dedup is None:
+            self._send_docs(flight, docs)
+        else:
+            flight.to_reserve = docs
+        self._flights.append(flight)
+
+    def _start_dead_letters(self, flight: _Flight) -> list[int]:
+        """Produce a batch's dead letters; returns the indexes of its documents."""
         docs: list[int] = []
-        for i, item in enumerate(batch.items):
+        for i, item in enumerate(flight.batch.items):
             if type(item) is Candidate:
                 docs.append(i)
                 continue
@@ -235,11 +253,7 @@ class Publisher:
             dead_letter = (msg.SerializeToString(), item.source.encode())
             flight.dead_letters[i] = dead_letter
             self._send(flight, self._dlq_topic, *dead_letter)
-        if self._dedup is None:
-            self._send_docs(flight, docs)
-        else:
-            flight.to_reserve = docs
-        self._flights.append(flight)
+        return docs
 
     def _send(self, flight: _Flight, topic: str, value: bytes, key: bytes) -> None:
         """Produce one record, waiting for room in librdkafka's queue when it is full."""
@@ -288,37 +302,36 @@ class Publisher:
                 if pending.done():
                     flight.reserving = None
                     try:
-                        verdicts = pending.result()
+                        reservation = pending.result()
                     except redis.RedisError as exc:
                         flight.to_reserve = flight.asked + flight.to_reserve
                         self._backoff(flight, now, f"redis unavailable for dedup: {exc}")
                         continue
-                    self._apply(flight, verdicts, now)
+                    flight.reservations.extend(reservation.names)
+                    self._apply(flight, reservation.verdicts, now)
                 continue
             if not flight.to_reserve or flight.retry_at > now:
                 continue
             flight.asked, flight.to_reserve = flight.to_reserve, []
-            items = flight.batch.items
-            keys: list[DedupKey] = [
-                (c.source_doc_id, c.content)
-                for c in (cast(Candidate, items[i]) for i in flight.asked)
-            ]
-            flight.reserving = self._redis.submit(self._dedup.reserve, keys)
+            flight.asked_keys = _keys(flight.batch.items, flight.asked)
+            flight.reserving = self._redis.submit(self._dedup.reserve_named, flight.asked_keys)
 
     def _apply(self, flight: _Flight, verdicts: list[Verdict], now: float) -> None:
         """Produce what was reserved; drop duplicates; keep busy ones for later."""
         asked = flight.asked
         if verdicts.count(Verdict.NEW) == len(asked):
             self._send_docs(flight, asked)
+            flight.reserved_keys.extend(flight.asked_keys)
             flight.retry_delay = 0.05
             return
         items = flight.batch.items
         new: list[int] = []
         busy: list[int] = []
         connector = flight.batch.connector
-        for i, verdict in zip(asked, verdicts, strict=True):
+        for i, key, verdict in zip(asked, flight.asked_keys, verdicts, strict=True):
             if verdict is Verdict.NEW:
                 new.append(i)
+                flight.reserved_keys.append(key)
             elif verdict is Verdict.BUSY:
                 busy.append(i)
             else:
@@ -395,7 +408,7 @@ class Publisher:
         if self._to_confirm and time.monotonic() >= self._confirm_retry_at:
             flights, self._to_confirm = self._to_confirm, []
             self._confirming = (
-                self._redis.submit(self._dedup.confirm, _published(flights)),
+                self._redis.submit(self._dedup.confirm, *_published(flights)),
                 flights,
             )
 
@@ -525,16 +538,28 @@ class Publisher:
             flight.failures = []
 
 
-def _published(flights: list[_Flight]) -> list[DedupKey]:
-    """The dedup keys of what these batches published (not duplicates, not failures)."""
+def _keys(items: list[Item], indexes: list[int]) -> list[DedupKey]:
+    """The dedup keys of these documents of a batch."""
+    return [(c.source_doc_id, c.content) for c in (cast(Candidate, items[i]) for i in indexes)]
+
+
+def _published(flights: list[_Flight]) -> tuple[list[DedupKey], list[str]]:
+    """What these batches published, for ``Deduplicator.confirm``: the reservations of
+    batches where nothing failed (all they leased was published), and the documents
+    themselves of the others (duplicates and failures left out)."""
     keys: list[DedupKey] = []
+    reservations: list[str] = []
     for flight in flights:
-        items, outcomes = flight.batch.items, flight.outcomes
-        for i in flight.reserved:
-            if outcomes[i] is None:
-                item = cast(Candidate, items[i])
-                keys.append((item.source_doc_id, item.content))
-    return keys
+        outcomes = flight.outcomes
+        if Outcome.FAILED not in outcomes:
+            reservations.extend(flight.reservations)
+            continue
+        keys.extend(
+            key
+            for i, key in zip(flight.reserved, flight.reserved_keys, strict=True)
+            if outcomes[i] is None
+        )
+    return keys, reservations
 
 
 def _index_of(flight: _Flight, msg: Message) -> int:

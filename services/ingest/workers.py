@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import sys
 from collections import Counter
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Literal
 
 from services.ingest.config import IngestOptions
-from services.ingest.documents import DocumentBuilder, Item
+from services.ingest.documents import Bad, Candidate, DocumentBuilder, Item
 
 Format = Literal["jsonl", "csv"]
+# What a worker sends back: items with each Candidate as a plain tuple, and the
+# redactions it made per kind.
+Shipped = tuple[list[tuple[object, ...] | Bad], dict[str, int]]
 
 
 class Oversized(bytes):
@@ -57,12 +61,35 @@ def _init_worker(options: IngestOptions, source: str) -> None:
 
 def _build_chunk(
     fmt: Format, header: list[str] | None, records: list[bytes], now_ns: int
-) -> tuple[list[Item], dict[str, int]]:
+) -> Shipped:
     assert _builder is not None, "worker not initialised"
     items = build_items(_builder, fmt, header, records, now_ns)
     counts = dict(_redactions)
     _redactions.clear()
-    return items, counts
+    # A namedtuple pickles and unpickles through Python code, item by item; a plain
+    # tuple does not, which makes shipping a chunk back several times cheaper.
+    return [tuple(i) if type(i) is Candidate else i for i in items], counts
+
+
+def built(future: Future[Shipped]) -> tuple[list[Item], dict[str, int]]:
+    """A chunk's items and redaction counts, once its worker has built them."""
+    shipped, counts = future.result()
+    return [i if isinstance(i, Bad) else Candidate._make(i) for i in shipped], counts
+
+
+def _preload() -> list[str]:
+    """Modules the forkserver imports once, before it forks any worker.
+
+    Each worker runs the program's main module again (multiprocessing does, to find
+    what it pickled); imported here first, its imports cost a worker nothing. A
+    ``package.__main__`` module may start the program at import time, so it is
+    left out, as multiprocessing itself leaves it out.
+    """
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    main = getattr(spec, "name", None)
+    if main is None or main.endswith("__main__"):
+        return [__name__]
+    return [__name__, main]
 
 
 class BuildPool:
@@ -72,7 +99,7 @@ class BuildPool:
         # forkserver: workers are forked from a clean helper process, never from this
         # one, whose Kafka client threads must not be forked mid-flight.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["services.ingest.workers"])
+        context.set_forkserver_preload(_preload())
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=context,
@@ -83,7 +110,7 @@ class BuildPool:
 
     def submit(
         self, fmt: Format, header: list[str] | None, records: list[bytes], now_ns: int
-    ) -> Future[tuple[list[Item], dict[str, int]]]:
+    ) -> Future[Shipped]:
         return self._pool.submit(_build_chunk, fmt, header, records, now_ns)
 
     def close(self) -> None:

@@ -86,3 +86,41 @@ def test_release_gives_back_only_own_leases(
     assert b.release([("r", "hr")]) == 0
     assert a.release([("r", "hr")]) == 2
     assert b.reserve([("r", "hr")]) == [Verdict.NEW]
+
+
+def test_a_reservation_confirmed_as_a_whole_stays_seen_after_its_leases_expire(
+    redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    prefix = redis_settings.key_prefix
+    a = dedup(redis_client, prefix, "a", lease_s=0.3)
+    reservation = a.reserve_named([("w1", "hw1"), ("w2", "hw2"), ("w1", "hw3")])
+    assert reservation.verdicts == [Verdict.NEW, Verdict.NEW, Verdict.DUPLICATE_ID]
+    a.confirm([], reservation.names)
+    # Confirmed by name: its leases are not given back, and count as seen even expired,
+    # for this process, its restart and any other instance.
+    assert a.release([("w1", "hw1")]) == 0
+    time.sleep(0.4)
+    restarted = dedup(redis_client, prefix, "a")
+    other = dedup(redis_client, prefix, "b")
+    assert a.reserve([("w1", "x")]) == [Verdict.DUPLICATE_ID]
+    assert restarted.reserve([("w1", "x"), (None, "hw2")]) == [
+        Verdict.DUPLICATE_ID,
+        Verdict.DUPLICATE_TEXT,
+    ]
+    assert other.reserve([("w2", "y"), ("w3", "hw3")]) == [Verdict.DUPLICATE_ID, Verdict.NEW]
+
+
+def test_an_unconfirmed_reservation_is_taken_over(
+    redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    prefix = redis_settings.key_prefix
+    crashed = dedup(redis_client, prefix, "a")
+    first = crashed.reserve_named([("v1", "hv1")])
+    second = crashed.reserve_named([("v2", "hv2")])
+    crashed.confirm([], first.names)  # the second batch never landed
+    restarted = dedup(redis_client, prefix, "a")
+    assert restarted.reserve([("v1", "hv1"), ("v2", "hv2")]) == [
+        Verdict.DUPLICATE_ID,
+        Verdict.NEW,
+    ]
+    assert second.verdicts == [Verdict.NEW]

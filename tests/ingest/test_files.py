@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -52,6 +53,21 @@ def test_one_shot_jsonl_then_rerun_publishes_nothing_twice(
     # Same file again from its start: the checkpoint is ignored, dedup drops everything.
     assert run_files(ingest_settings, path, stop=stop, state_file=state_file, from_start=True) == 0
     assert len(readers.docs(3, settle_s=1.0)) == 3
+
+
+def test_only_published_documents_are_marked_seen(
+    ingest_settings: IngestSettings, readers: Readers, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    path = tmp_path / "mixed.jsonl"
+    duplicates: list[dict[str, object]] = [
+        {"id": "d0", "text": "same id, other text"},
+        {"id": "d9", "text": "$ACME headline number 1"},  # another id, same text
+    ]
+    write_jsonl(path, [*rows(0, 3), *duplicates])
+    assert run_files(ingest_settings, path, stop=threading.Event()) == 0
+    assert sorted(d.source_id for d in readers.docs(3, settle_s=1.0)) == ["d0", "d1", "d2"]
+    # An id mark and a text mark per published document; none for the dropped ones.
+    assert done_marks(redis_client, ingest_settings.redis.key_prefix) == 6
 
 
 def test_csv_folder_with_field_mapping_built_by_workers(
@@ -204,11 +220,18 @@ def _follower(settings: IngestSettings, path: Path, state_file: Path) -> subproc
 
 
 def done_marks(client: redis.Redis, prefix: str) -> int:
-    """Documents marked as published in Redis (an id mark and a text mark each)."""
+    """Documents marked as published in Redis (an id mark and a text mark each): a
+    "d", or the lease of a reservation confirmed as a whole."""
+    confirmed = {
+        name
+        for key in client.scan_iter(match=f"{prefix}ingest:done:*", count=1000)
+        for name in client.hkeys(key)
+    }
     return sum(
-        value == b"d"
-        for key in client.scan_iter(match=f"{prefix}ingest:*", count=1000)
-        for value in client.hvals(key)
+        value == b"d" or value.rsplit(b"|", 1)[0] in confirmed
+        for space in ("id", "text")
+        for key in client.scan_iter(match=f"{prefix}ingest:{space}:*", count=1000)
+        for value in cast(list[bytes], client.hvals(key))
     )
 
 

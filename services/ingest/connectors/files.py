@@ -29,7 +29,7 @@ from services.ingest.connectors.base import ConnectorError, drain
 from services.ingest.decode import decode_bytes, foreign_bom, parse_csv_record
 from services.ingest.documents import DocumentBuilder, Item
 from services.ingest.publisher import Batch, Outcome, Publisher
-from services.ingest.workers import BuildPool, Oversized, build_items
+from services.ingest.workers import BuildPool, Oversized, Shipped, build_items, built
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +219,7 @@ class FilesConnector:
         self._pool = (
             BuildPool(options, builder.source, options.workers) if options.workers > 1 else None
         )
-        self._chunks: deque[tuple[Future[tuple[list[Item], dict[str, int]]], _File, int, int]] = (
-            deque()
-        )
+        self._chunks: deque[tuple[Future[Shipped], _File, int, int]] = deque()
         self._files: dict[str, _File] = {}
         self._last_save = 0.0
         self._source = builder.source
@@ -360,7 +358,7 @@ class FilesConnector:
         while self._chunks and (len(self._chunks) > until or self._chunks[0][0].done()):
             future, f, seq, n_read = self._chunks.popleft()
             try:
-                items, redactions = future.result()
+                items, redactions = built(future)
             except Exception as exc:  # a worker died: stop, a restart resumes
                 raise ConnectorError(f"building documents failed: {exc!r}") from exc
             metrics.count_redactions(Counter(redactions))
