@@ -75,8 +75,15 @@ def redis_binary() -> Path:
     )
 
 
-def ensure_port_free(host: str, port: int, what: str) -> None:
+def ensure_port_free(host: str, port: int, what: str, reuse_addr: bool = False) -> None:
+    """Fail with a clear message when something holds the port.
+
+    ``reuse_addr`` ignores connections in TIME_WAIT (what a killed server leaves
+    behind), as the servers themselves do; only a listener then counts as in use.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        if reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -240,9 +247,22 @@ def start_broker(host: str, port: int, log_path: Path, detach: bool = False) -> 
 
 
 def start_redis(
-    host: str, port: int, data_dir: Path, log_path: Path, detach: bool = False
+    host: str,
+    port: int,
+    data_dir: Path,
+    log_path: Path,
+    detach: bool = False,
+    fsync_always: bool = False,
+    restarting: bool = False,
 ) -> Server:
-    ensure_port_free(host, port, "redis")
+    """Start Redis with an append-only file in ``data_dir``.
+
+    ``fsync_always`` syncs the file on every write, so a SIGKILLed Redis restarts with
+    every acknowledged write (the default syncs once a second and may lose the last one).
+    ``restarting``: the port was just released by a Redis that died, whose client
+    connections may still be in TIME_WAIT on it.
+    """
+    ensure_port_free(host, port, "redis", reuse_addr=restarting)
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         str(redis_binary()),
@@ -255,6 +275,8 @@ def start_redis(
         # The append-only file keeps dedup keys and feedback state across restarts.
         "--appendonly",
         "yes",
+        "--appendfsync",
+        "always" if fsync_always else "everysec",
         "--save",
         "",
     ]

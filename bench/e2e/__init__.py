@@ -1,0 +1,1 @@
+"""The end-to-end run: the whole system as OS processes, under faults, load and bad input."""
