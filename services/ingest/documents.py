@@ -134,6 +134,8 @@ class DocumentBuilder:
         return self.item(fields, line, now_ns)
 
     def from_mapping(self, record: object, original: bytes, now_ns: int) -> Item:
+        if len(original) > self._max_record:
+            return self.too_large(original)
         try:
             fields = self._extract(record)
         except RejectError as exc:

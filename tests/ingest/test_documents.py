@@ -119,6 +119,17 @@ def test_rejections_carry_reason_and_original_bytes() -> None:
         assert item.source == "file:test"
 
 
+def test_a_mapping_over_the_record_cap_is_rejected_not_truncated() -> None:
+    """HTTP items come as mappings; the per-record cap applies to them as to lines."""
+    record = {"id": "big", "text": "x" * 200}
+    original = json.dumps(record).encode()
+    item = builder(max_record_bytes=100).from_mapping(record, original, NOW_NS)
+    assert isinstance(item, Bad)
+    assert reason_name(item.rejection.reason) == "too_large"
+    assert item.original == original
+    assert isinstance(builder().from_mapping(record, original, NOW_NS), Candidate)
+
+
 def test_redaction_covers_text_title_and_dead_letters() -> None:
     seen: list[Counter[str]] = []
     b = DocumentBuilder(IngestOptions(redact=True), "http", on_redacted=seen.append)
