@@ -11,6 +11,11 @@ Batches are formed by token length (see :func:`select_batch`) so padded backends
 little compute on padding, and the queue is bounded so overload is answered rather than
 buffered: ``submit(block=False)`` raises :class:`OverloadedError`, ``submit(block=True)``
 waits for room, which is how the Kafka path stops consuming.
+
+Interactive callers (gRPC, with a deadline) submit ``urgent`` items. They form the next
+batch ahead of any queued bulk work, and bulk items may not take the last
+``urgent_reserve`` slots of the queue, so a backlog on the Kafka path costs a gRPC call
+at most one batch in flight, never the whole backlog.
 """
 
 from __future__ import annotations
@@ -197,6 +202,7 @@ class Batcher(Generic[P, R]):
         max_batch_tokens: int = 16384,
         max_delay_s: float = 0.0,
         capacity: int = 2048,
+        urgent_reserve: int | None = None,
         clock: Clock = time.monotonic,
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "batcher",
@@ -210,14 +216,19 @@ class Batcher(Generic[P, R]):
         self._max_batch_tokens = max_batch_tokens
         self._max_delay_s = max_delay_s
         self._capacity = capacity
+        # Slots bulk items leave free for urgent ones; by default an eighth of the queue.
+        reserve = capacity // 8 if urgent_reserve is None else urgent_reserve
+        self._bulk_limit = capacity - min(max(reserve, 0), capacity - 1)
         self._clock = clock
         self._on_batch = on_batch
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
         self._room_ready = threading.Condition(self._lock)
         self._batch_done = threading.Condition(self._lock)
-        # Insertion-ordered, so the first entry is always the oldest.
+        # Insertion-ordered, so the first entry is always the oldest; urgent work is
+        # kept apart so it can go first.
         self._queue: dict[int, _Entry[P, R]] = {}
+        self._urgent: dict[int, _Entry[P, R]] = {}
         self._next_seq = 0
         self._busy_with: Runner[P, R] | None = None
         self._closed = False
@@ -227,7 +238,10 @@ class Batcher(Generic[P, R]):
     @property
     def queue_depth(self) -> int:
         with self._lock:
-            return len(self._queue)
+            return self._depth()
+
+    def _depth(self) -> int:
+        return len(self._queue) + len(self._urgent)
 
     @property
     def capacity(self) -> int:
@@ -239,22 +253,29 @@ class Batcher(Generic[P, R]):
             return self._runner
 
     def submit(
-        self, items: Sequence[Item[P]], *, block: bool = False, timeout: float | None = None
+        self,
+        items: Sequence[Item[P]],
+        *,
+        block: bool = False,
+        timeout: float | None = None,
+        urgent: bool = False,
     ) -> list[Future[Versioned[R]]]:
         """Queue items, all or none, and return one future per item in the same order.
 
         With ``block=False`` a full queue raises :class:`OverloadedError` at once; with
         ``block=True`` the call waits for room, up to ``timeout`` seconds (forever when
-        None), then raises :class:`OverloadedError`.
+        None), then raises :class:`OverloadedError`. ``urgent`` items go ahead of bulk
+        ones and may use the reserved slots (see the module docstring).
         """
         if len(items) > self._capacity:
             raise ValueError(f"{len(items)} items can never fit a queue of {self._capacity}")
         if not items:
             return []
         with self._lock:
-            self._wait_for_room(len(items), block, timeout)
+            self._wait_for_room(len(items), block, timeout, urgent)
             now = self._clock()
-            entries = [self._enqueue(item, now) for item in items]
+            lane = self._urgent if urgent else self._queue
+            entries = [self._enqueue(lane, item, now) for item in items]
             self._work_ready.notify()
         for entry in entries:
             entry.future.add_done_callback(self._forget_if_cancelled(entry.seq))
@@ -280,9 +301,10 @@ class Batcher(Generic[P, R]):
         """Stop taking work; run what is queued (``drain``) or fail it with BatcherClosedError."""
         with self._lock:
             self._closed = True
-            dropped = [] if drain else list(self._queue.values())
+            dropped = [] if drain else [*self._urgent.values(), *self._queue.values()]
             if not drain:
                 self._queue.clear()
+                self._urgent.clear()
             self._work_ready.notify_all()
             self._room_ready.notify_all()
         for entry in dropped:
@@ -295,25 +317,33 @@ class Batcher(Generic[P, R]):
     def __exit__(self, *_exc: object) -> None:
         self.close(drain=True)
 
-    def _wait_for_room(self, n: int, block: bool, timeout: float | None) -> None:
+    def _has_room(self, n: int, urgent: bool) -> bool:
+        depth = self._depth()
+        if urgent or depth == 0:
+            # An empty queue takes any submit that fits at all, so a bulk caller whose
+            # batch is larger than its share still makes progress.
+            return depth + n <= self._capacity
+        return depth + n <= self._bulk_limit
+
+    def _wait_for_room(self, n: int, block: bool, timeout: float | None, urgent: bool) -> None:
         deadline = None if timeout is None else self._clock() + timeout
         while True:
             if self._closed:
                 raise BatcherClosedError("the batcher is closed")
             if self._runner is None:
                 raise NoRunnerError("no model version is loaded yet")
-            if len(self._queue) + n <= self._capacity:
+            if self._has_room(n, urgent):
                 return
             if not block:
-                raise OverloadedError(f"queue full ({len(self._queue)}/{self._capacity})")
+                raise OverloadedError(f"queue full ({self._depth()}/{self._capacity})")
             remaining = None if deadline is None else deadline - self._clock()
             if remaining is not None and remaining <= 0:
                 raise OverloadedError(f"no room in the queue within {timeout} s")
             self._room_ready.wait(remaining)
 
-    def _enqueue(self, item: Item[P], now: float) -> _Entry[P, R]:
+    def _enqueue(self, lane: dict[int, _Entry[P, R]], item: Item[P], now: float) -> _Entry[P, R]:
         entry: _Entry[P, R] = _Entry(self._next_seq, item, now)
-        self._queue[entry.seq] = entry
+        lane[entry.seq] = entry
         self._next_seq += 1
         return entry
 
@@ -323,7 +353,8 @@ class Batcher(Generic[P, R]):
         def forget(future: Future[Versioned[R]]) -> None:
             if future.cancelled():
                 with self._lock:
-                    if self._queue.pop(seq, None) is not None:
+                    popped = self._queue.pop(seq, None) or self._urgent.pop(seq, None)
+                    if popped is not None:
                         self._room_ready.notify_all()
 
         return forget
@@ -355,12 +386,13 @@ class Batcher(Generic[P, R]):
         """Block until a batch is due and remove it from the queue; None once closed and empty."""
         with self._lock:
             while True:
-                if not self._queue:
+                lane = self._urgent or self._queue
+                if not lane:
                     if self._closed:
                         return None
                     self._work_ready.wait()
                     continue
-                queued = list(self._queue.values())
+                queued = list(lane.values())
                 picked = select_batch(
                     [e.item.tokens for e in queued], self._max_batch_size, self._max_batch_tokens
                 )
@@ -375,10 +407,10 @@ class Batcher(Generic[P, R]):
                 assert runner is not None, "items are only admitted once a runner exists"
                 entries = [queued[i] for i in picked]
                 for entry in entries:
-                    del self._queue[entry.seq]
+                    del lane[entry.seq]
                 self._busy_with = runner
                 self._room_ready.notify_all()
-                return runner, entries, now, len(self._queue)
+                return runner, entries, now, self._depth()
 
     def _execute(
         self,

@@ -62,7 +62,7 @@ class ClassifierService:
         self, texts: Sequence[str], models: Sequence[str], context: grpc.ServicerContext
     ) -> list[list[events_pb2.ModelPrediction]]:
         names = self._manager.resolve_models(models)
-        futures = self._manager.submit(texts, names, block=False)
+        futures = self._manager.submit(texts, names, block=False, urgent=True)
         deadline = _remaining(context)
         started = time.monotonic()
         results: list[list[events_pb2.ModelPrediction]] = [[] for _ in texts]

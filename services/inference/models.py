@@ -258,16 +258,20 @@ class ModelManager:
         *,
         block: bool,
         timeout: float | None = None,
+        urgent: bool = False,
     ) -> dict[str, list[Future[Scored]]]:
         """Queue every text on every model's batcher; one future per (model, text).
 
         Raises NotReadyError before any model version exists, OverloadedError when the
-        queue is full (``block=False``) or stays full past ``timeout``.
+        queue is full (``block=False``) or stays full past ``timeout``. ``urgent``: a
+        caller with a deadline, served ahead of queued Kafka work.
         """
         out: dict[str, list[Future[Scored]]] = {}
         try:
             for model in models:
-                out[model], _ = self.submit_with_shadow(texts, model, block=block, timeout=timeout)
+                out[model], _ = self.submit_with_shadow(
+                    texts, model, block=block, timeout=timeout, urgent=urgent
+                )
         except Exception:
             for futures in out.values():
                 for future in futures:
@@ -282,6 +286,7 @@ class ModelManager:
         *,
         block: bool,
         timeout: float | None = None,
+        urgent: bool = False,
     ) -> tuple[list[Future[Scored]], ShadowFutures]:
         """Queue texts on ``model``'s production batcher and, for the sampled share, on
         its shadow; the shadow futures are keyed by position in ``texts``."""
@@ -292,7 +297,7 @@ class ModelManager:
         batcher = self._batchers[model]
         lengths = token_lengths(batcher.runner, texts, self._options.max_length)
         items = [Item(t, n) for t, n in zip(texts, lengths, strict=True)]
-        futures = batcher.submit(items, block=block, timeout=timeout)
+        futures = batcher.submit(items, block=block, timeout=timeout, urgent=urgent)
         return futures, self._shadow_score(model, texts, items, futures)
 
     def _shadow_score(

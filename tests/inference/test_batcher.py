@@ -475,3 +475,22 @@ def test_every_item_is_answered_exactly_once(
             assert future.result(0).value == f"v1:{payload}"
             assert counts[payload] == 1
     assert sum(counts.values()) == sum(not c for _, _, c in submitted)
+
+
+def test_urgent_items_go_ahead_of_queued_bulk_work(
+    batcher_factory: Callable[..., Batcher[str, str]], model: FakeModel
+) -> None:
+    """A gRPC call waits for the batch in flight, not for the Kafka backlog behind it."""
+    batcher = batcher_factory(model, capacity=8, max_batch_size=2, urgent_reserve=2)
+    first = start_blocked_batch(batcher, model)
+    bulk = batcher.submit(items("b1", "b2", "b3", "b4", "b5", "b6"))
+    with pytest.raises(OverloadedError):
+        batcher.submit(items("b7"))  # the last two slots are kept for urgent work
+    urgent = batcher.submit(items("u1", "u2"), urgent=True)
+    with pytest.raises(OverloadedError):
+        batcher.submit(items("u3"), urgent=True)  # the queue as a whole is full
+    model.release()
+    results([first, *bulk, *urgent])
+    order = model.seen
+    assert order.index("u1") < order.index("b1")
+    assert order.index("u2") < order.index("b1")
