@@ -18,6 +18,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install sentiflow with its dev tools
 
+# command:Debian package, for what the browser tests run.
+SYSTEM_TOOLS := chromium:chromium chromedriver:chromium-driver
+
+system-deps:  ## Debian packages the browser tests need (apt-get, as root)
+	@missing=""; \
+	for tool in $(SYSTEM_TOOLS); do \
+	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+demo: $(STAMP)  ## the whole system on this machine with a demo feed (Ctrl-C stops it)
+	.venv/bin/sentiflow demo
+
 up: $(STAMP)  ## set up and start the embedded stack (Ctrl-C stops it)
 	.venv/bin/sentiflow dev up
 
@@ -39,4 +55,4 @@ test: $(STAMP)  ## the whole test suite (starts its own broker and Redis)
 
 check: install proto-check lint test  ## set up, then everything CI checks
 
-.PHONY: help install up proto proto-check lint test check
+.PHONY: help install system-deps demo up proto proto-check lint test check

@@ -103,6 +103,43 @@ def _topics_list(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _topics_wait(args: argparse.Namespace) -> int:
+    """Wait until every topic exists with its partition count, creating nothing.
+
+    Where an operator owns the topics (Strimzi's KafkaTopic resources on Kubernetes), a
+    service that started first would create them itself with one replica; its pod
+    waits in an init container instead.
+    """
+    import time
+
+    from confluent_kafka import KafkaException
+
+    from sentiflow.topics import admin_client, topic_specs
+
+    settings = Settings()
+    wanted = {spec.name: spec.partitions for spec in topic_specs(settings.topics)}
+    admin = admin_client(settings.kafka)
+    deadline = time.monotonic() + args.timeout
+    missing = sorted(wanted)
+    while True:
+        try:
+            found = admin.list_topics(timeout=10).topics
+            missing = [
+                name
+                for name, partitions in sorted(wanted.items())
+                if name not in found or len(found[name].partitions) != partitions
+            ]
+        except KafkaException as exc:
+            print(f"broker not reachable yet: {exc}", file=sys.stderr)
+        if not missing:
+            print(f"all {len(wanted)} topics present", flush=True)
+            return 0
+        if time.monotonic() >= deadline:
+            print(f"error: topics missing or mis-partitioned: {missing}", file=sys.stderr)
+            return 1
+        time.sleep(args.interval)
+
+
 def _inference(_args: argparse.Namespace) -> int:
     from services.inference.main import main as inference_main
 
@@ -125,6 +162,18 @@ def _feedback_aggregator(_args: argparse.Namespace) -> int:
     from services.feedback.aggregator import main as aggregator_main
 
     return aggregator_main()
+
+
+def _console(_args: argparse.Namespace) -> int:
+    from services.console.main import main as console_main
+
+    return console_main()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sentiflow.demo import main as demo_main
+
+    return demo_main(args)
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -159,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
         func=_topics_create
     )
     topics_sub.add_parser("list", help="list topics on the broker").set_defaults(func=_topics_list)
+    wait = topics_sub.add_parser("wait", help="wait until every topic exists (creates none)")
+    wait.add_argument("--timeout", type=float, default=300.0, help="seconds; then exit 1")
+    wait.add_argument("--interval", type=float, default=2.0, help="seconds between checks")
+    wait.set_defaults(func=_topics_wait)
 
     from services.trainer import commands as trainer_commands
 
@@ -181,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="settle feedback.events into training.examples (Faust worker; SENTIFLOW_FEEDBACK__*)",
     ).set_defaults(func=_feedback_aggregator)
 
+    sub.add_parser(
+        "console",
+        help="web console: stream, entities, alerts, models, corrections (SENTIFLOW_CONSOLE__*)",
+    ).set_defaults(func=_console)
     from services.ingest.cli import add_arguments as add_ingest_arguments
 
     ingest = sub.add_parser(
@@ -188,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_ingest_arguments(ingest)
     ingest.set_defaults(func=_ingest)
+
+    from sentiflow.demo import add_arguments as add_demo_arguments
+
+    demo = sub.add_parser(
+        "demo", help="the whole system on this machine with a demo feed; Ctrl-C stops it"
+    )
+    add_demo_arguments(demo)
+    demo.set_defaults(func=_demo)
     return parser
 
 
