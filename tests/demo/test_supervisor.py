@@ -139,7 +139,8 @@ def test_stop_leaves_no_process_behind(tmp_path: Path) -> None:
     sup = Supervisor(specs, tmp_path, on_event=events)
     sup.start()
     _wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", "the grandchild")
-    _wait_for(lambda: "ready" in _read(tmp_path / "stubborn.log"), "SIGTERM ignored")
+    # A line of its own: the log's header line quotes the command, 'ready' included.
+    _wait_for(lambda: "\nready\n" in _read(tmp_path / "stubborn.log"), "SIGTERM ignored")
     pids = [sup.pid("spawner"), sup.pid("stubborn"), int(pid_file.read_text())]
     assert all(_alive(p) for p in pids)
     sup.stop(timeout_s=1.0)
