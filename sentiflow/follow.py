@@ -12,7 +12,14 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from sentiflow.config import KafkaSettings
 from sentiflow.kafka import consumer_config
@@ -45,6 +52,28 @@ class TopicFollower:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def _partitions(self, consumer: Consumer) -> list[int]:
+        """The topic's partitions, retried with backoff until the broker has the topic.
+
+        A broker that is not reachable yet (or a topic not created yet) is waited for,
+        not fatal: the thread would otherwise end and its reader never catch up.
+        Returns an empty list when stopped first.
+        """
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                meta = consumer.list_topics(self._topic, timeout=10)
+                topic = meta.topics.get(self._topic)
+                if topic is not None and topic.error is None and topic.partitions:
+                    return sorted(topic.partitions)
+                problem = f"topic not found ({topic.error if topic is not None else 'absent'})"
+            except KafkaException as exc:
+                problem = str(exc)
+            log.warning("following %s: %s; retrying in %g s", self._topic, problem, backoff)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+        return []
+
     def _run(self) -> None:
         consumer = Consumer(
             consumer_config(
@@ -52,8 +81,9 @@ class TopicFollower:
             )
         )
         try:
-            meta = consumer.list_topics(self._topic, timeout=10)
-            parts = sorted(meta.topics[self._topic].partitions) or [0]
+            parts = self._partitions(consumer)
+            if not parts:
+                return
             consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in parts])
             at_end: set[int] = set()
             while not self._stop.is_set():

@@ -45,6 +45,10 @@ def consumer_config(kafka: KafkaSettings, group_id: str, **overrides: Any) -> di
         "max.poll.interval.ms": kafka.max_poll_interval_ms,
         "fetch.message.max.bytes": kafka.message_max_bytes,
         "partition.assignment.strategy": "range",
+        # A subscribed topic that does not exist yet (created after the service
+        # started, e.g. once the broker is back) is noticed at the next metadata
+        # refresh; librdkafka's default of 5 minutes would leave the group idle that long.
+        "topic.metadata.refresh.interval.ms": 10_000,
     }
     conf.update(overrides)
     return conf

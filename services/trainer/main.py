@@ -36,10 +36,14 @@ def main(stop: threading.Event) -> int:
     registry = registry_from_options(settings.trainer)
 
     def readiness() -> tuple[bool, dict[str, object]]:
+        # Ready with a production version and once training.examples was read to its
+        # end (so not while the broker has never been reached).
         production = registry.production(settings.trainer.model)
-        return production is not None, {
+        caught_up = trainer.reader.caught_up.is_set()
+        return production is not None and caught_up, {
             "production": production.version if production else None,
             "examples": len(trainer.reader.store),
+            "caught_up": caught_up,
         }
 
     health = HealthServer(port=settings.metrics_port, ready=readiness).start()
