@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
+from collections.abc import Iterable, Sequence
 from importlib.util import find_spec
+from typing import Any
 
 import faust
+
+from sentiflow.config import KafkaSettings
+from sentiflow.kafka import Record
+from sentiflow.metrics import HealthServer, ReadinessProbe
+from sentiflow.topics import TopicSpec, admin_client, create_topics
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +59,72 @@ def run_worker(app: faust.App, log_level: str) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
     return 0
+
+
+class StartupError(RuntimeError):
+    """The worker cannot run as configured; the message says what to fix."""
+
+
+def credentials(kafka: KafkaSettings) -> Any:
+    """Faust's credentials for the configured security protocol (None: plaintext)."""
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context() if kafka.security_protocol.endswith("SSL") else None
+    if kafka.security_protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=kafka.sasl_username,
+        password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+        mechanism=kafka.sasl_mechanism or "PLAIN",
+        ssl_context=context,
+    )
+
+
+def record_of(message: Any) -> Record:
+    """A Faust message as the shared :class:`Record`, so handlers stay Faust-free."""
+    timestamp = message.timestamp
+    return Record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=[],
+        timestamp_ms=int(timestamp * 1000) if timestamp else None,
+    )
+
+
+def prepare_topics(
+    kafka: KafkaSettings, specs: Sequence[TopicSpec], copartitioned: Iterable[str]
+) -> None:
+    """Create missing topics and refuse a partition mismatch on ``copartitioned`` ones.
+
+    Faust co-partitions its input, output and changelog topics; on a mismatch its
+    agents stop silently while the worker stays up, so fail loudly here instead.
+    """
+    admin = admin_client(kafka)
+    create_topics(admin, specs)
+    existing = admin.list_topics(timeout=10).topics
+    expected = {spec.name: spec.partitions for spec in specs}
+    for name in copartitioned:
+        found = len(existing[name].partitions)
+        if found != expected[name]:
+            raise StartupError(
+                f"topic {name} has {found} partitions, the worker is configured for "
+                f"{expected[name]} (SENTIFLOW_TOPICS__PARTITIONS must match the topics)"
+            )
+
+
+def serve(
+    app: faust.App,
+    ready: ReadinessProbe,
+    metrics_port: int,
+    log_level: str,
+) -> int:
+    """Health and metrics beside the worker, for as long as the worker runs."""
+    health = HealthServer(port=metrics_port, ready=ready).start()
+    log.info("metrics on port %d", health.port)
+    try:
+        return run_worker(app, log_level)
+    finally:
+        health.stop()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,8 +34,8 @@ from typing import Any, cast
 
 import faust
 
-from sentiflow.config import KafkaSettings
 from sentiflow.dlq import RejectError, Rejection, decode, dlq_output, rejected
+from sentiflow.faustworker import credentials, record_of
 from sentiflow.kafka import Record
 from sentiflow.topics import TopicSpec
 from sentiflow.v1 import events_pb2
@@ -69,36 +68,8 @@ def changelog_specs(settings: AlertingSettings) -> list[TopicSpec]:
     ]
 
 
-def _credentials(kafka: KafkaSettings) -> Any:
-    """Faust's credentials for the configured security protocol (None: plaintext)."""
-    if kafka.security_protocol == "PLAINTEXT":
-        return None
-    context = ssl.create_default_context() if kafka.security_protocol.endswith("SSL") else None
-    if kafka.security_protocol == "SSL":
-        return faust.SSLCredentials(context)
-    return faust.SASLCredentials(
-        username=kafka.sasl_username,
-        password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-        mechanism=kafka.sasl_mechanism or "PLAIN",
-        ssl_context=context,
-    )
-
-
 def _processing_error(exc: Exception) -> Rejection:
     return Rejection(events_pb2.REJECT_REASON_PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
-
-
-def _record(message: Any) -> Record:
-    timestamp = message.timestamp
-    return Record(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        headers=[],
-        timestamp_ms=int(timestamp * 1000) if timestamp else None,
-    )
 
 
 @dataclass
@@ -139,7 +110,7 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
     app = faust.App(
         app_id(settings),
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
-        broker_credentials=_credentials(settings.kafka),
+        broker_credentials=credentials(settings.kafka),
         broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.kafka.heartbeat_interval_ms / 1000,
         broker_rebalance_timeout=10.0,
@@ -251,7 +222,7 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
 
     async def detect(stream: Any) -> None:
         async for event in stream.events():
-            record = _record(event.message)
+            record = record_of(event.message)
             try:
                 await handle_scored(record)
             except Exception as exc:
@@ -314,7 +285,7 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
 
         async def notify(stream: Any) -> None:
             async for event in stream.events():
-                record = _record(event.message)
+                record = record_of(event.message)
                 try:
                     await handle_alert(record)
                 except Exception as exc:

@@ -22,19 +22,23 @@ exactly-once under Faust's at-least-once delivery (see :mod:`aggregation`).
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Sequence
 from typing import Any
 
 import faust
 import redis.asyncio as aioredis
 
-from sentiflow.config import KafkaSettings
-from sentiflow.faustworker import preflight, run_worker
-from sentiflow.kafka import Output, Record
+from sentiflow.faustworker import (
+    StartupError,
+    credentials,
+    preflight,
+    prepare_topics,
+    record_of,
+    serve,
+)
+from sentiflow.kafka import Output
 from sentiflow.logs import setup_logging
-from sentiflow.metrics import HealthServer
-from sentiflow.topics import admin_client, create_topics, topic_specs
+from sentiflow.topics import topic_specs
 from services.feedback.aggregation import Aggregation, AggregationConfig, OutputUnavailableError
 from services.feedback.config import FeedbackSettings
 from services.feedback.keys import Keys
@@ -46,60 +50,9 @@ SERVICE = "feedback-aggregator"
 # rebalance) is ended anyway: offsets are in Kafka and the state in Redis.
 
 
-class StartupError(RuntimeError):
-    """The worker cannot run as configured; the message says what to fix."""
-
-
 def app_id(settings: FeedbackSettings) -> str:
     """The Faust app id, which is also its consumer group."""
     return settings.group_id(settings.feedback.group)
-
-
-def _credentials(kafka: KafkaSettings) -> Any:
-    """Faust's credentials for the configured security protocol (None: plaintext)."""
-    if kafka.security_protocol == "PLAINTEXT":
-        return None
-    context = ssl.create_default_context() if kafka.security_protocol.endswith("SSL") else None
-    if kafka.security_protocol == "SSL":
-        return faust.SSLCredentials(context)
-    return faust.SASLCredentials(
-        username=kafka.sasl_username,
-        password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-        mechanism=kafka.sasl_mechanism or "PLAIN",
-        ssl_context=context,
-    )
-
-
-def _record(message: Any) -> Record:
-    timestamp = message.timestamp
-    return Record(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        headers=[],
-        timestamp_ms=int(timestamp * 1000) if timestamp else None,
-    )
-
-
-def check_topics(settings: FeedbackSettings) -> None:
-    """Create missing topics and refuse a partition mismatch.
-
-    Faust stops its agents silently (the worker stays up) when the input's
-    partition count differs from ``topic_partitions``: fail loudly here instead.
-    """
-    admin = admin_client(settings.kafka)
-    names = settings.topics
-    create_topics(admin, topic_specs(names))
-    existing = admin.list_topics(timeout=10).topics
-    name = names.full(names.feedback_events)
-    found = len(existing[name].partitions)
-    if found != names.partitions:
-        raise StartupError(
-            f"topic {name} has {found} partitions, the aggregator is configured for "
-            f"{names.partitions} (SENTIFLOW_TOPICS__PARTITIONS must match the topic)"
-        )
 
 
 class FeedbackWorker:
@@ -132,14 +85,14 @@ class FeedbackWorker:
         self.app: Any = faust.App(
             app_id(settings),
             broker=f"kafka://{settings.kafka.bootstrap_servers}",
-            broker_credentials=_credentials(settings.kafka),
+            broker_credentials=credentials(settings.kafka),
             broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
             broker_heartbeat_interval=settings.kafka.heartbeat_interval_ms / 1000,
             broker_rebalance_timeout=10.0,
             producer_max_batch_size=1,
             processing_guarantee="at_least_once",
             topic_partitions=names.partitions,
-            topic_allow_declare=False,  # every topic is pre-created by check_topics
+            topic_allow_declare=False,  # every topic is pre-created by prepare_topics
             topic_disable_leader=True,  # no leader election: its topic would be auto-created
             stream_wait_empty=False,
             consumer_auto_offset_reset=settings.kafka.auto_offset_reset,
@@ -170,7 +123,7 @@ class FeedbackWorker:
         # before the next: Faust acknowledges a record when the agent asks for the
         # next one, so a commit never passes an unfinished record.
         async for event in stream.events():
-            await self.aggregation.handle(_record(event.message), self._emit)
+            await self.aggregation.handle(record_of(event.message), self._emit)
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Ready while the consumer holds feedback.events partitions (follows rebalances)."""
@@ -191,18 +144,16 @@ def main() -> int:
     setup_logging(SERVICE, settings.log_level, settings.log_format)
     if not preflight():
         return 1
+    names = settings.topics
     try:
-        check_topics(settings)
+        prepare_topics(
+            settings.kafka, topic_specs(names), copartitioned=[names.full(names.feedback_events)]
+        )
     except StartupError as exc:
         log.error("%s", exc)
         return 1
     worker = FeedbackWorker(settings)
-    health = HealthServer(port=settings.metrics_port, ready=worker.readiness).start()
-    log.info("metrics on port %d", health.port)
-    try:
-        return run_worker(worker.app, settings.log_level)
-    finally:
-        health.stop()
+    return serve(worker.app, worker.readiness, settings.metrics_port, settings.log_level)
 
 
 if __name__ == "__main__":
