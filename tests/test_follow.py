@@ -1,4 +1,4 @@
-"""The console's topic readers against the real broker."""
+"""Topic followers (state topics, the console's views) against the real broker."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from confluent_kafka import Message
 from confluent_kafka.cimpl import NewTopic
 
 from sentiflow.config import KafkaSettings
+from sentiflow.follow import TopicFollower
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.topics import admin_client
-from services.console.feed import TailFollower
 from tests.feedback.harness import wait_for
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def test_backfill_reads_only_the_tail_then_follows(kafka_settings: KafkaSettings
     def handle(msg: Message) -> None:
         seen.append(msg.value() or b"")
 
-    follower = TailFollower(kafka_settings, topic, handle, backfill=3, name="test-tail").start()
+    follower = TopicFollower(kafka_settings, topic, handle, backfill=3, name="test-tail").start()
     try:
         wait_for(lambda: follower.caught_up.is_set() or None, "the history")
         assert seen == [b"old-7", b"old-8", b"old-9"]
@@ -56,7 +56,7 @@ def test_a_topic_created_late_is_followed_once_it_exists(kafka_settings: KafkaSe
     def handle(msg: Message) -> None:
         seen.append(msg.value() or b"")
 
-    follower = TailFollower(kafka_settings, topic, handle, backfill=None, name="test-late").start()
+    follower = TopicFollower(kafka_settings, topic, handle, backfill=None, name="test-late").start()
     try:
         wait_for(lambda: follower.failed or None, "the first attempt to fail")
         assert not follower.caught_up.is_set()
