@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sentiflow.cli import build_parser
+from sentiflow.localstack import SERVICES
 from tests.deploy.tools import (
     COMPOSE,
     COMPOSE_GPU,
@@ -21,16 +22,6 @@ from tests.deploy.tools import (
     run,
     settings_classes,
     tool,
-)
-
-SERVICES = (
-    "ingest",
-    "inference",
-    "feedback",
-    "feedback-aggregator",
-    "trainer",
-    "alerting",
-    "console",
 )
 
 

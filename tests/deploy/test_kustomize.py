@@ -15,6 +15,7 @@ import pytest
 
 from sentiflow.cli import build_parser
 from sentiflow.config import Settings, TopicNames
+from sentiflow.localstack import SERVICES
 from sentiflow.topics import topic_specs
 from services.inference.config import InferenceOptions
 from tests.deploy.tools import (
@@ -33,15 +34,6 @@ from tests.deploy.tools import (
 KUBERNETES_VERSION = "1.37.0"
 CUSTOM_KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic", "ScaledObject"}
 OVERLAYS = ("cpu", "gpu")
-SERVICES = (
-    "ingest",
-    "inference",
-    "feedback",
-    "feedback-aggregator",
-    "trainer",
-    "alerting",
-    "console",
-)
 Doc = dict[str, Any]
 
 
