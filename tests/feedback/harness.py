@@ -109,8 +109,11 @@ def read_all(kafka: KafkaSettings, topic: str, timeout_s: float = 10.0) -> list[
 
 
 def examples(kafka: KafkaSettings, topic: str) -> list[events_pb2.LabeledExample]:
+    """Every example in (partition, offset) order: partitions interleave differently
+    from one read to the next, and tests compare two reads."""
     out = []
-    for msg in read_all(kafka, topic):
+    ordered = sorted(read_all(kafka, topic), key=lambda m: (m.partition() or 0, m.offset() or 0))
+    for msg in ordered:
         example = events_pb2.LabeledExample()
         example.ParseFromString(msg.value() or b"")
         out.append(example)
