@@ -7,7 +7,7 @@ help:  ## list the targets
 
 STAMP := .venv/.installed
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml services/ingest/_fastpath.c
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -18,13 +18,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install sentiflow with its dev tools
 
-# command:Debian package, for what the browser tests run.
-SYSTEM_TOOLS := chromium:chromium chromedriver:chromium-driver
+# command-or-file:Debian package: the C compiler and OpenSSL headers that build
+# services/ingest/_fastpath.c, and what the browser tests run.
+SYSTEM_TOOLS := gcc:gcc /usr/include/openssl/evp.h:libssl-dev \
+	chromium:chromium chromedriver:chromium-driver
 
-system-deps:  ## Debian packages the browser tests need (apt-get, as root)
+system-deps:  ## Debian packages the build and the browser tests need (apt-get, as root)
 	@missing=""; \
 	for tool in $(SYSTEM_TOOLS); do \
-	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; \
+	  check=$${tool%%:*}; \
+	  case $$check in \
+	    /*) test -e $$check || missing="$$missing $${tool#*:}" ;; \
+	    *) command -v $$check >/dev/null || missing="$$missing $${tool#*:}" ;; \
+	  esac; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \

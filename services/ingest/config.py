@@ -67,6 +67,9 @@ class IngestOptions(_Section):
         default=None, description="JSON list of {id, names, aliases, case_sensitive}"
     )
     cashtags: bool = True
+    # The compiled builder for common JSONL records (same documents, several times
+    # faster); off: every record takes the Python builder.
+    fast_path: bool = True
 
     # -- privacy --------------------------------------------------------------------------
     redact: bool = False

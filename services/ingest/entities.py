@@ -69,6 +69,10 @@ class EntityMatcher:
         self._exact_re = _alternation(exact, 0)
         self._folded_re = _alternation(folded, re.IGNORECASE)
 
+    @property
+    def has_dictionary(self) -> bool:
+        return self._exact_re is not None or self._folded_re is not None
+
     def find(self, text: str) -> list[Match]:
         """Every distinct entity in order of first appearance."""
         dictionary = self._exact_re is not None or self._folded_re is not None

@@ -38,8 +38,9 @@ def build_items(
     """One item per record: a document candidate, or a dead letter saying why not."""
     too_large = builder.too_large
     if fmt == "jsonl":
-        from_line = builder.from_json_line
-        return [too_large(r) if type(r) is Oversized else from_line(r, now_ns) for r in records]
+        built = builder.from_json_lines(records, now_ns)
+        pairs = zip(records, built, strict=True)
+        return [too_large(r) if type(r) is Oversized else item for r, item in pairs]
     columns = header or []
     from_csv = builder.from_csv
     return [too_large(r) if type(r) is Oversized else from_csv(columns, r, now_ns) for r in records]
