@@ -32,6 +32,10 @@ from services.ingest.documents import Bad, Candidate, Item
 log = logging.getLogger(__name__)
 
 SERVICE = "ingest"
+# Reservation calls: batches gather into one call of up to this many documents, and
+# the next call waits in line while Redis answers one, so Redis never waits for us.
+RESERVE_DOCS_PER_CALL = 4000
+RESERVE_CALLS_AHEAD = 2
 
 
 class Outcome(IntEnum):
@@ -121,6 +125,7 @@ class Publisher:
         # reports go on while Redis works; one thread keeps the calls in order.
         self._redis = ThreadPoolExecutor(1, thread_name_prefix="ingest-dedup") if dedup else None
         self._confirming: tuple[Future[None], list[_Flight]] | None = None
+        self._asking: list[Future[None]] = []  # reservation calls under way
         self._confirm_retry_at = 0.0
         self._abandoned: list[DedupKey] = []  # leased at shutdown, never published
         self._closing = threading.Event()
@@ -312,11 +317,27 @@ class Publisher:
                     flight.reservations.extend(reservation.names)
                     self._apply(flight, reservation.verdicts, now)
                 continue
-            if not flight.to_reserve or flight.retry_at > now:
-                continue
+        self._asking = [a for a in self._asking if not a.done()]
+        if len(self._asking) >= RESERVE_CALLS_AHEAD:
+            return
+        # The batches due, together in one round trip (up to a bound, so that the first
+        # of them are published while Redis answers for the next).
+        due: list[_Flight] = []
+        n_docs = 0
+        for flight in self._flights:
+            if flight.to_reserve and flight.retry_at <= now and n_docs < RESERVE_DOCS_PER_CALL:
+                due.append(flight)
+                n_docs += len(flight.to_reserve)
+        if not due:
+            return
+        answers: list[Future[Reservation]] = []
+        for flight in due:
             flight.asked, flight.to_reserve = flight.to_reserve, []
             flight.asked_keys = _keys(flight.batch.items, flight.asked)
-            flight.reserving = self._redis.submit(self._dedup.reserve_named, flight.asked_keys)
+            flight.reserving = Future()
+            answers.append(flight.reserving)
+        groups = [flight.asked_keys for flight in due]
+        self._asking.append(self._redis.submit(_reserve_all, self._dedup, groups, answers))
 
     def _apply(self, flight: _Flight, verdicts: list[Verdict], now: float) -> None:
         """Produce what was reserved; drop duplicates; keep busy ones for later."""
@@ -538,6 +559,21 @@ class Publisher:
                 flight.outcomes[_index_of(flight, msg)] = Outcome.FAILED
                 flight.unacked -= 1
             flight.failures = []
+
+
+def _reserve_all(
+    dedup: Deduplicator, groups: list[list[DedupKey]], answers: list[Future[Reservation]]
+) -> None:
+    """In the Redis thread: reserve several batches in one call, each answer (or the
+    error) to its batch's future."""
+    try:
+        reservations = dedup.reserve_many(groups)
+    except BaseException as exc:
+        for answer in answers:
+            answer.set_exception(exc)
+        return
+    for answer, reservation in zip(answers, reservations, strict=True):
+        answer.set_result(reservation)
 
 
 def _keys(items: list[Item], indexes: list[int]) -> list[DedupKey]:

@@ -9,7 +9,9 @@ arbitrary bytes (it must never crash, whatever the input).
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -212,6 +214,17 @@ WORDS = [
     "&",
     "\\",
     '"q"',
+    # cleaned: collapsed, removed, stripped
+    "\t",
+    "\r\n",
+    "  ",
+    "\u00a0",
+    "\u3000",
+    "\u200b",
+    "\u00ad",
+    "\x85",
+    "\x07",
+    "\ue000",
 ]
 clean_text = st.lists(
     st.sampled_from(WORDS)
@@ -293,6 +306,8 @@ RAW_EXAMPLES = [
     b'{"text": "ok", "id": -0}',
     b'{"text": "ok", "published_at": 1700000000.25}',
     b'{"text": "tab\tinside"}',
+    b'{"text": "$AAPL", "published_at": 9223372037}',  # seconds * 1e9 overflows int64
+    b'{"text": "$AAPL", "published_at": 99999999999}',
     b"[]",
     b"",
     b"   ",
@@ -327,3 +342,34 @@ def test_redaction_turns_the_compiled_builder_off() -> None:
     assert fast._fast is None
     fast, _ = pair(file_encoding="latin-1")
     assert fast._fast is None
+
+
+def test_the_nfc_table_matches_this_python() -> None:
+    """The compiled builder skips unicodedata for texts without a listed code point;
+    the committed table must list exactly what this Python's Unicode data says."""
+    from services.ingest import _fastpath, nfctable
+
+    assert unicodedata.unidata_version == _fastpath.NFC_TABLE_UNICODE_VERSION
+    assert nfctable.HEADER.read_text(encoding="ascii") == nfctable.header()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_texts_without_listed_code_points_are_nfc(data: st.DataObject) -> None:
+    from services.ingest import nfctable
+
+    unsafe = _unsafe_points()
+    alphabet = st.characters(codec="utf-8").filter(lambda c: ord(c) not in unsafe)
+    hangul = st.sampled_from(["\u1100", "\uac00", "\u1161", "\u11a8", "\uac01"])
+    text = data.draw(st.lists(alphabet | hangul, max_size=12).map("".join))
+    if any(ord(c) in unsafe for c in text):
+        return
+    assert unicodedata.is_normalized("NFC", text), [hex(ord(c)) for c in text]
+    assert nfctable.HANGUL_V.start == 0x1161
+
+
+@functools.cache
+def _unsafe_points() -> frozenset[int]:
+    from services.ingest import nfctable
+
+    return frozenset(nfctable.unsafe_code_points())
