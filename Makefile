@@ -7,7 +7,7 @@ help:  ## list the targets
 
 STAMP := .venv/.installed
 
-$(STAMP): pyproject.toml services/ingest/_fastpath.c
+$(STAMP): pyproject.toml setup.py services/ingest/_fastpath.c services/ingest/_nfc_unsafe.h
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

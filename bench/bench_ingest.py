@@ -11,7 +11,9 @@ Both clocks start with the clients connected and the idempotent producer's id
 assigned (a first record sent and acknowledged), and stop when the last record is
 acknowledged (for ingest: and marked seen in Redis and checkpointed). What a cold
 one-shot ``sentiflow ingest files`` adds to that (topics checked, clients connected,
-the producer id) is measured on its own as ``ingest_startup_s``.
+the producer id) is measured on its own as ``ingest_startup_s``. Each run also loads
+the file with every record through the Python builder (``fast_path`` off), to show
+what the compiled builder is worth.
 
 Run: ``python -m bench.bench_ingest [--docs N] [--runs R]``; prints a table and
 writes bench/results/ingest.json.
@@ -212,7 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3, help="best of this many runs each")
-    parser.add_argument("--workers", type=int, default=2, help="processes building documents")
+    parser.add_argument("--workers", type=int, default=1, help="processes building documents")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     load_at_start = [round(x, 2) for x in os.getloadavg()]
@@ -241,6 +243,7 @@ def main() -> None:
             plain_cpu: dict[str, float] = {}
             ingest_cpu: dict[str, float] = {}
             startup_s: list[float] = []
+            python_s: list[float] = []
             for run in range(args.runs):
                 plain_topics = TopicNames(prefix=f"plain{run}.")
                 ensure_topics(kafka, topic_specs(plain_topics))
@@ -276,6 +279,17 @@ def main() -> None:
                 ingest_s.append(seconds)
                 if seconds == min(ingest_s):
                     ingest_cpu = meter.per_doc_us(args.docs)
+                # The same load with every record through the Python builder.
+                python_names = TopicNames(prefix=f"python{run}.")
+                ensure_topics(kafka, topic_specs(python_names))
+                python_settings = settings.model_copy(
+                    update={
+                        "topics": python_names,
+                        "redis": RedisSettings(url=stack.redis_url, key_prefix=f"py{run}:"),
+                        "ingest": settings.ingest.model_copy(update={"fast_path": False}),
+                    }
+                )
+                python_s.append(ingest(python_settings, path, warmup, root / f"python{run}")[0])
         finally:
             stack.stop()
 
@@ -292,6 +306,9 @@ def main() -> None:
         "ingest_vs_plain_per_run": ratios,
         "ingest_seconds": [round(s, 3) for s in ingest_s],
         "plain_seconds": [round(s, 3) for s in plain_s],
+        # Every record through the Python builder instead of the compiled one.
+        "ingest_python_builder_docs_per_s": round(args.docs / min(python_s), 1),
+        "compiled_vs_python_builder": round(min(python_s) / min(ingest_s), 2),
         "ingest_startup_s": round(min(startup_s), 3),
         "ingest_startup_s_per_run": [round(s, 3) for s in startup_s],
         "ingest_published": int(n_published),

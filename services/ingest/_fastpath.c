@@ -1125,6 +1125,10 @@ static PyObject *make_candidate(Builder *self, const Slot *slot) {
     }
     for (int i = 0; i < 6; i++)
         PyTuple_SET_ITEM(cand, i, items[i]);
+    /* It holds str, bytes and None only, so it can be in no reference cycle: out of
+     * the collector's sight, it costs no collection anything (CPython untracks such
+     * plain tuples itself, but never instances of tuple subclasses). */
+    PyObject_GC_UnTrack(cand);
     return cand;
 }
 

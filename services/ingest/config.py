@@ -97,6 +97,9 @@ class IngestOptions(_Section):
     max_delivery_attempts: int = Field(default=10, ge=1)
 
     # -- files ----------------------------------------------------------------------------
+    # One is fastest while the compiled builder takes most records (it builds without
+    # the GIL, beside the publisher); more help when most take the Python builder
+    # (redaction, HTML, attribute fields).
     workers: int = Field(
         default=1, ge=1, le=64, description="processes building documents for file loads"
     )

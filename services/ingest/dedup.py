@@ -152,6 +152,8 @@ local text_states = states(textp, text_w, texts, nil)
 local value = reservation .. '|' .. (now + lease)
 local taken_id, taken_text = {}, {}
 local id_pairs, text_pairs, out = {}, {}, {}
+-- Strings, not numbers: table.concat would format each number with sprintf.
+local digits = {[0] = '0', '1', '2', '3'}
 local n_id_pairs, n_text_pairs = 0, 0
 for i = 1, count do
   local id, text = ids[i], texts[i]
@@ -179,7 +181,7 @@ for i = 1, count do
     text_pairs[n_text_pairs + 2] = value
     n_text_pairs = n_text_pairs + 2
   end
-  out[i] = status
+  out[i] = digits[status]
 end
 store(idp, id_w, id_w * n, id_pairs)
 store(textp, text_w, text_w * n, text_pairs)

@@ -1,9 +1,12 @@
 """Building documents from file records, in this process or in worker processes.
 
-Normalising, hashing and serialising cost more than publishing, and Python runs them
-on one core at a time; a bulk load with ``workers > 1`` builds chunks of records in
-other processes while this one reads, deduplicates and produces. Chunks come back
-in the order they were read, so documents of one entity keep their file order.
+JSONL records mostly take the compiled builder, which works without the GIL beside
+the publisher's threads, so one process is usually fastest. Records the Python
+builder takes (redaction, markup, attribute fields, CSV) cost several times more, and
+Python runs them on one core at a time: for such loads ``workers > 1`` builds chunks
+of records in other processes while this one reads, deduplicates and produces. Chunks
+come back in the order they were read, so documents of one entity keep their file
+order.
 """
 
 from __future__ import annotations
@@ -36,11 +39,11 @@ def build_items(
     now_ns: int,
 ) -> list[Item]:
     """One item per record: a document candidate, or a dead letter saying why not."""
-    too_large = builder.too_large
     if fmt == "jsonl":
-        built = builder.from_json_lines(records, now_ns)
-        pairs = zip(records, built, strict=True)
-        return [too_large(r) if type(r) is Oversized else item for r, item in pairs]
+        # The head of an oversized line is longer than the cap: from_json_line (which
+        # takes what the compiled builder declines) refuses it as too large.
+        return builder.from_json_lines(records, now_ns)
+    too_large = builder.too_large
     columns = header or []
     from_csv = builder.from_csv
     return [too_large(r) if type(r) is Oversized else from_csv(columns, r, now_ns) for r in records]
