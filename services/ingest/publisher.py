@@ -272,14 +272,14 @@ class Publisher:
 
     def _send_docs(self, flight: _Flight, indexes: list[int]) -> None:
         """Produce reserved documents: ``_send`` unrolled, as this runs per document."""
-        items = flight.batch.items
+        items = cast(list[Candidate], flight.batch.items)  # these indexes are documents
         produce = self._producer.produce
         topic = self._docs_topic
         callback = flight.on_delivery
         flight.reserved.extend(indexes)
         flight.unacked += len(indexes)
         for i in indexes:
-            item = cast(Candidate, items[i])
+            item = items[i]
             while True:
                 try:
                     # produce(topic, value, key, partition, on_delivery): positional,

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.ingest.checkpoint import FileState, State, Watermark, load_state, save_state
 from services.ingest.connectors.files import RecordReader
@@ -85,3 +87,46 @@ def test_csv_records_spanning_lines_and_resume_from_an_offset(tmp_path: Path) ->
     assert [bytes(r) for r in resumed.read(10, final=False)] == [b'"unfinished",3']
     reader.close()
     resumed.close()
+
+
+class LineByLine(RecordReader):
+    """The reader without its block path."""
+
+    def _read_block(self, max_lines: int) -> list[bytes] | None:
+        return None
+
+
+line_kinds = st.one_of(
+    st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
+    st.sampled_from([b"", b" ", b"\r", b"\t \x0b", b'{"text": "x"}\r', b"y" * 130]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(line_kinds, max_size=30),
+    tail=st.binary(max_size=20).map(lambda b: b.replace(b"\n", b"")),
+    takes=st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=12),
+    final=st.booleans(),
+)
+def test_block_reads_return_what_line_by_line_reads_return(
+    tmp_path_factory: pytest.TempPathFactory,
+    lines: list[bytes],
+    tail: bytes,
+    takes: list[int],
+    final: bool,
+) -> None:
+    """The block reader (the fast path) and the line-by-line reader agree on every
+    record, its type and every offset, whatever the lines (blank, CRLF, over the cap)."""
+    path = tmp_path_factory.mktemp("lines") / "a.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines) + tail)
+    fast = RecordReader(path, "jsonl", 0, 100)
+    slow = LineByLine(path, "jsonl", 0, 100)
+    try:
+        for take in [*takes, 1000]:
+            got, want = fast.read(take, final=final), slow.read(take, final=final)
+            assert [(bytes(r), type(r)) for r in got] == [(bytes(r), type(r)) for r in want]
+            assert fast.offset == slow.offset
+    finally:
+        fast.close()
+        slow.close()

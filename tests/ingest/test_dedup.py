@@ -124,3 +124,31 @@ def test_an_unconfirmed_reservation_is_taken_over(
         Verdict.NEW,
     ]
     assert second.verdicts == [Verdict.NEW]
+
+
+def test_several_batches_in_one_round_trip_keep_their_order_and_reservations(
+    redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    a = dedup(redis_client, redis_settings.key_prefix, "a")
+    # Redis runs the batches' scripts in order: the second sees the first's leases.
+    first, second, third = a.reserve_many(
+        [[("m1", "hm1"), ("m2", "hm2")], [("m2", "other"), (None, "hm1")], []]
+    )
+    assert first.verdicts == [Verdict.NEW, Verdict.NEW]
+    assert second.verdicts == [Verdict.DUPLICATE_ID, Verdict.DUPLICATE_TEXT]
+    assert third == ([], [])
+    assert len(first.names) == len(second.names) == 1
+    assert first.names != second.names
+    # Confirming the first batch by name says nothing about the second's leases.
+    a.confirm([], first.names)
+    b = dedup(redis_client, redis_settings.key_prefix, "b")
+    assert b.reserve([("m1", "x"), ("m3", "hm3")]) == [Verdict.DUPLICATE_ID, Verdict.NEW]
+
+
+def test_scripts_are_loaded_again_after_redis_forgot_them(
+    redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    a = dedup(redis_client, redis_settings.key_prefix, "a")
+    assert a.reserve([("s1", "hs1")]) == [Verdict.NEW]
+    redis_client.script_flush()  # as after a Redis restart
+    assert a.reserve([("s2", "hs2"), ("s1", "x")]) == [Verdict.NEW, Verdict.DUPLICATE_ID]
