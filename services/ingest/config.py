@@ -34,6 +34,12 @@ class FieldMap(_Section):
     # Copied into Document.attributes as strings (scalars only).
     attributes: list[str] = []
 
+    @property
+    def nested(self) -> bool:
+        """Whether any name reaches into nested objects (is dotted)."""
+        names = [self.text, self.id, self.time, self.url, self.title, self.lang]
+        return any("." in name for name in [*names, self.source or "", *self.attributes])
+
 
 class EntitySpec(_Section):
     """One dictionary entity: matched on word boundaries by its names and aliases."""

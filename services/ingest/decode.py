@@ -241,9 +241,7 @@ class FieldExtractor:
         self._title = fields.title
         self._lang = fields.lang
         self._attributes = list(fields.attributes)
-        names = [fields.text, fields.id, fields.time, fields.url, fields.title, fields.lang]
-        names += [fields.source or "", *fields.attributes]
-        self._nested = any("." in name for name in names)
+        self._nested = fields.nested
 
     def __call__(self, record: object) -> RawFields:
         if not isinstance(record, Mapping):

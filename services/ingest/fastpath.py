@@ -37,13 +37,11 @@ def available() -> bool:
 
 def applies(options: IngestOptions) -> bool:
     """Whether the compiled builder can build documents under these options."""
-    fields = options.fields
-    names = [fields.text, fields.id, fields.time, fields.url, fields.title, fields.lang]
     return (
         options.fast_path
         and not options.redact
-        and not fields.attributes
-        and not any("." in name for name in [*names, fields.source or ""])
+        and not options.fields.attributes
+        and not options.fields.nested
         and codecs.lookup(options.file_encoding).name == "utf-8"
     )
 

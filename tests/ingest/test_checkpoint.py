@@ -89,6 +89,16 @@ def test_csv_records_spanning_lines_and_resume_from_an_offset(tmp_path: Path) ->
     resumed.close()
 
 
+def test_ordinary_lines_are_read_as_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"text": "one"}\r\n\n{"text": "two"}\n{"text": "thr')
+    reader = RecordReader(path, "jsonl", 0, 1024)
+    assert reader._read_block(10) == [b'{"text": "one"}', b'{"text": "two"}']
+    assert reader.offset == 34
+    assert reader._read_block(10) is None  # only an unfinished line is left
+    reader.close()
+
+
 class LineByLine(RecordReader):
     """The reader without its block path."""
 
