@@ -51,10 +51,11 @@ proto-check: proto  ## fail when the committed generated code is stale
 	git diff --exit-code -- sentiflow/v1 || (echo "generated code is stale: run 'make proto' and commit" && exit 1)
 	test -z "$$(git status --porcelain -- sentiflow/v1)" || (echo "untracked generated files: run 'make proto' and commit" && exit 1)
 
-lint: $(STAMP)  ## ruff and mypy
+lint: $(STAMP)  ## ruff, mypy and the architecture contracts (import-linter)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(dir $(PY))lint-imports
 
 test: $(STAMP)  ## the whole test suite (starts its own broker and Redis)
 	$(PY) -m pytest -q

@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from bench.report import percentile, table, write
-from sentiflow import devstack
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.topics import ensure_topics, topic_specs
 from sentiflow.v1 import events_pb2
 from services.alerting.config import AlertingOptions
 from services.alerting.detector import Detector, DetectorConfig, Observation
+from stack import devstack
 
 REPO = Path(__file__).resolve().parent.parent
 HOP_MS = 60_000
@@ -279,7 +279,7 @@ def main() -> int:
     parser.add_argument("--docs", type=int, default=20_000, help="records through the service")
     args = parser.parse_args()
     options = AlertingOptions()
-    config = options.detector_config()
+    config = options.detector
 
     started = time.monotonic()
     steady = stationary(config, args.entities, args.days, seed=1)

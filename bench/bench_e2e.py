@@ -20,26 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import report
-from bench.e2e.run import SERVICES, RunConfig, run
-
-
-def short_config(work_dir: Path) -> RunConfig:
-    """What CI runs: the loop with a tiny model, one SIGKILL, no Redis restart or load."""
-    return RunConfig(
-        work_dir=work_dir,
-        model="tiny",
-        services=("ingest", "inference", "feedback", "feedback-aggregator", "trainer"),
-        docs=300,
-        rate=60.0,
-        corrections=60,
-        bad_each=1,
-        garbage_per_topic=2,
-        spike=0,
-        kill=("inference",),
-        kill_redis=False,
-        load_s=0.0,
-        phase_timeout_s=300.0,
-    )
+from stack.system.run import SERVICES, RunConfig, run, short_config
 
 
 def main(argv: list[str] | None = None) -> int:

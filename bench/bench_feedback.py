@@ -18,6 +18,7 @@ Prints a table and writes bench/results/feedback.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -35,7 +36,7 @@ import grpc
 import redis
 
 from bench.report import percentile, table, write
-from sentiflow import devstack
+from sentiflow.apikeys import api_keys
 from sentiflow.config import KafkaSettings, RedisSettings, TopicNames
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.topics import ensure_topics, topic_specs
@@ -44,6 +45,7 @@ from services.feedback.config import FeedbackOptions
 from services.feedback.keys import Keys
 from services.feedback.state import FeedbackState
 from services.feedback.store import DocumentStore
+from stack import devstack
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = ("negative", "neutral", "positive")
@@ -81,7 +83,11 @@ def _env(
             "SENTIFLOW_KAFKA__BOOTSTRAP_SERVERS": kafka,
             "SENTIFLOW_TOPICS": names.model_dump_json(),
             "SENTIFLOW_REDIS": rds.model_dump_json(),
-            "SENTIFLOW_FEEDBACK": options.model_dump_json(),
+            # A dump masks the keys; the service gets them in clear on their own.
+            "SENTIFLOW_FEEDBACK": options.model_dump_json(exclude={"api_keys"}),
+            "SENTIFLOW_FEEDBACK__API_KEYS": json.dumps(
+                [{"key": k.key.get_secret_value(), "user": k.user} for k in options.api_keys]
+            ),
             "SENTIFLOW_LOG_LEVEL": "WARNING",
         }
     )
@@ -177,10 +183,9 @@ def main() -> int:
         names = TopicNames(prefix=f"b{uuid.uuid4().hex[:6]}.")
         ensure_topics(kafka, topic_specs(names))
         rds = RedisSettings(url=stack.redis_url, key_prefix="bench:")
-        keys = {f"key-{u}": u for u in USERS}
         options = FeedbackOptions(
             grpc_address=f"127.0.0.1:{devstack.free_port()}",
-            api_keys=keys,
+            api_keys=api_keys([{"key": f"key-{u}", "user": u} for u in USERS]),
             grpc_workers=args.workers,
             signals_per_s=0,  # measuring the service, not the per-user limit
             faust_datadir=state_dir / "faust",

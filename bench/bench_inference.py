@@ -28,17 +28,18 @@ from confluent_kafka import Consumer
 
 from bench.loadgen import run_fixed_rate
 from bench.report import percentile, table, write
-from sentiflow import devstack
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.kafka import Output, consumer_config, make_producer, produce
+from sentiflow.models.registry import Registry
 from sentiflow.topics import ensure_topics, topic_specs
 from sentiflow.v1 import events_pb2
-from services.inference.batcher import Batcher, Item
+from services.inference.batcher import Batcher
 from services.inference.client import ClassifierClient
 from services.inference.config import InferenceOptions
-from services.inference.models import default_runner_factory, token_lengths
+from services.inference.loading import default_runner_factory
+from services.inference.models import queue_items
 from services.trainer.data import load_seed_split
-from services.trainer.registry import Registry
+from stack import devstack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,7 +60,7 @@ def accuracy(predicted: list[str], gold: list[str]) -> float:
 def bench_pipeline(checkpoint: Path, texts: list[str]) -> tuple[float, list[str]]:
     from transformers import pipeline
 
-    import sentiflow.modeling  # noqa: F401  (registers sentiflow's model type)
+    import sentiflow.models.modeling  # noqa: F401  (registers sentiflow's model type)
 
     classify = pipeline("text-classification", model=str(checkpoint), device="cpu")
     classify(texts[:32], batch_size=32, truncation=True)  # warm-up
@@ -71,9 +72,9 @@ def bench_pipeline(checkpoint: Path, texts: list[str]) -> tuple[float, list[str]
 def bench_raw(
     checkpoint: Path, texts: list[str], options: InferenceOptions
 ) -> tuple[float, list[str]]:
-    """The service's engine without Kafka: token counts, the batcher, the runner."""
+    """The service's engine without Kafka: tokenizing, the batcher, the runner."""
     runner = default_runner_factory(options)(checkpoint, "bench")
-    runner(texts[:64])
+    runner(runner.encode(texts[:64]))
     with Batcher(
         runner,
         max_batch_size=options.max_batch_size,
@@ -81,8 +82,7 @@ def bench_raw(
         capacity=len(texts),
     ) as batcher:
         started = time.perf_counter()
-        lengths = token_lengths(runner, texts, options.max_length)
-        items = [Item(t, n) for t, n in zip(texts, lengths, strict=True)]
+        items = queue_items(runner.encode(texts))
         labels = [f.result().value.label for f in batcher.submit(items, block=True)]
         rate = len(texts) / (time.perf_counter() - started)
     return rate, labels
@@ -124,7 +124,7 @@ def start_service(
     }
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sentiflow.cli", "inference"],
+            [sys.executable, "-m", "stack.cli", "inference"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -26,19 +26,20 @@ import uuid
 from pathlib import Path
 
 from bench.report import table, write
-from sentiflow import devstack
-from sentiflow.config import KafkaSettings, TopicNames
+from sentiflow.config import KafkaSettings, RegistrySettings, TopicNames
 from sentiflow.kafka import Output, make_producer, produce_and_wait
+from sentiflow.models.publish import Publisher
+from sentiflow.models.registry import Registry
+from sentiflow.readback import read_topic
 from sentiflow.topics import ensure_topics, topic_specs
 from sentiflow.v1 import events_pb2
 from services.trainer.bootstrap import bootstrap
 from services.trainer.config import TrainerOptions, TrainerSettings
 from services.trainer.data import load_seed_split
 from services.trainer.finetune import evaluate
-from services.trainer.publish import Publisher
-from services.trainer.registry import Registry
+from services.trainer.recipe import RoundConfig
 from services.trainer.service import Trainer
-from tests.kafkautil import read_topic
+from stack import devstack
 
 STEPS = (250, 500, 1000)
 
@@ -92,7 +93,8 @@ def main() -> int:
             settings = TrainerSettings(
                 kafka=kafka,
                 topics=names,
-                trainer=TrainerOptions(registry_uri=str(root), min_new_examples=250),
+                registry=RegistrySettings(uri=str(root)),
+                trainer=TrainerOptions(rounds=RoundConfig(min_new_examples=250)),
             )
             registry = Registry(root)
             # The trainer's own seed validation is the test set, so the gate never sees

@@ -91,6 +91,35 @@ class TopicNames(_Section):
         return f"{self.prefix}{name}"
 
 
+class S3Options(_Section):
+    """Where the object store is; unset fields fall back to boto3's standard lookup.
+
+    Credentials never live in settings: boto3 reads them from the standard AWS
+    variables, profiles or instance roles.
+    """
+
+    endpoint_url: str | None = None  # e.g. http://minio:9000; None: AWS or AWS_ENDPOINT_URL*
+    region: str | None = None
+    # Path-style addressing works with every S3-compatible server; virtual-host style
+    # needs DNS per bucket.
+    addressing_style: Literal["auto", "path", "virtual"] = "path"
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    max_attempts: int = 5
+
+
+class RegistrySettings(_Section):
+    """Where the model registry lives: the trainer writes versions there, and
+    inference, the console and the command line read them from the same place."""
+
+    # A plain path or file:///path (filesystem), or s3://bucket/prefix (object store,
+    # reached through ``s3``).
+    uri: str = "var/registry"
+    s3: S3Options = S3Options()
+    # Where versions stored in an object store are fetched to and verified.
+    cache_dir: Path = Path("var/artifact-cache")
+
+
 class DevStackSettings(_Section):
     """The embedded broker and Redis that ``sentiflow dev up`` starts."""
 
@@ -115,6 +144,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     topics: TopicNames = TopicNames()
+    registry: RegistrySettings = RegistrySettings()
     dev: DevStackSettings = DevStackSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TypeAlias, TypeVar
+from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from sentiflow.errors import InvalidInputError, Reason
 from sentiflow.kafka import Output, Record
 from sentiflow.v1 import events_pb2
+
+__all__ = [
+    "MAX_ORIGINAL_BYTES",
+    "Reason",
+    "RejectError",
+    "Rejection",
+    "decode",
+    "dlq_output",
+    "now_timestamp",
+    "reason_name",
+    "rejected",
+    "rejection_of",
+]
 
 # Enough of the original to debug with, without letting one poison record make the
 # dead-letter topic as large as the input.
 MAX_ORIGINAL_BYTES = 64 * 1024
 
-Reason: TypeAlias = events_pb2.RejectReason.ValueType
 M = TypeVar("M", bound=Message)
 
 
@@ -30,12 +43,23 @@ class Rejection:
         return reason_name(self.reason)
 
 
-class RejectError(Exception):
-    """Raised by pure code to say "this input is bad", with a reason from the fixed set."""
+def rejection_of(exc: InvalidInputError) -> Rejection:
+    """The dead letter for a record that failed with ``exc``: its reason, its detail."""
+    return Rejection(exc.reason, exc.detail)
+
+
+class RejectError(InvalidInputError):
+    """An InvalidInputError whose raiser names the reason first, as decoders do."""
 
     def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(f"{reason_name(reason)}: {detail}")
-        self.rejection = Rejection(reason, detail)
+        super().__init__(detail, reason=reason)
+
+    def __str__(self) -> str:
+        return f"{reason_name(self.reason)}: {self.detail}"
+
+    @property
+    def rejection(self) -> Rejection:
+        return rejection_of(self)
 
 
 def reason_name(reason: Reason) -> str:

@@ -1,12 +1,20 @@
-"""The error hierarchy every service raises, and its one mapping to gRPC status codes.
+"""The error hierarchy every service raises, and its mappings to what the edges report.
 
 Pure code raises these; the gRPC edge turns them into a status with a message in one
-place (``grpc_status``), so no handler hand-picks codes.
+place (``grpc_status``), and the Kafka edge dead-letters an :class:`InvalidInputError`
+with the reason it carries, so neither edge hand-picks codes or reads messages.
 """
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import grpc
+
+from sentiflow.v1 import events_pb2
+
+Reason: TypeAlias = events_pb2.RejectReason.ValueType
+"""A dead-letter reason, from the fixed set docs.dlq records carry."""
 
 
 class SentiflowError(Exception):
@@ -14,7 +22,19 @@ class SentiflowError(Exception):
 
 
 class InvalidInputError(SentiflowError):
-    """The caller sent something unusable (empty text, bad label, malformed request)."""
+    """The caller sent something unusable (empty text, bad label, malformed request).
+
+    ``reason`` says which kind of unusable, so that a consumed record failing this way
+    is dead-lettered as what it is, while a gRPC caller gets INVALID_ARGUMENT for any
+    of them; ``detail`` is the explanation on its own.
+    """
+
+    def __init__(
+        self, detail: str, *, reason: Reason = events_pb2.REJECT_REASON_INVALID_FIELD
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.reason = reason
 
 
 class NotFoundError(SentiflowError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import ssl
 import threading
 from collections.abc import Iterable, Sequence
@@ -13,8 +14,8 @@ from typing import Any
 import faust
 
 from sentiflow.config import KafkaSettings
+from sentiflow.health import HealthServer, ReadinessProbe
 from sentiflow.kafka import Record
-from sentiflow.metrics import HealthServer, ReadinessProbe
 from sentiflow.topics import TopicSpec, admin_client, create_topics
 
 log = logging.getLogger(__name__)
@@ -47,17 +48,29 @@ class _Worker(faust.Worker):
         await super().stop()
 
 
-def run_worker(app: faust.App, log_level: str) -> int:
-    """Run until SIGTERM/SIGINT (Faust installs the handlers); return the exit code."""
+def run_worker(app: faust.App, log_level: str, stop: threading.Event) -> int:
+    """Run until SIGTERM/SIGINT (Faust installs the handlers) or ``stop`` is set; return
+    the exit code. ``stop`` takes the same way out as SIGTERM."""
     worker = _Worker(
         app, loglevel=log_level, quiet=True, redirect_stdouts=False, override_logging=False
     )
     # Logs are structured lines on stderr; a terminal spinner would only garble them.
     worker.spinner = None
+    finished = threading.Event()
+
+    def watch() -> None:
+        while not finished.is_set():
+            if stop.wait(0.5):
+                worker.loop.call_soon_threadsafe(worker._schedule_shutdown, signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="faust-stop", daemon=True).start()
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
+    finally:
+        finished.set()
     return 0
 
 
@@ -120,11 +133,12 @@ def serve(
     ready: ReadinessProbe,
     metrics_port: int,
     log_level: str,
+    stop: threading.Event,
 ) -> int:
     """Health and metrics beside the worker, for as long as the worker runs."""
     health = HealthServer(port=metrics_port, ready=ready).start()
     log.info("metrics on port %d", health.port)
     try:
-        return run_worker(app, log_level)
+        return run_worker(app, log_level, stop)
     finally:
         health.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter
 
+from sentiflow.apikeys import ApiKey, KeyRing
 from sentiflow.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,15 @@ _OPEN_SERVICES = (
 )
 
 
-def api_key_from_metadata(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
+def api_key_from_metadata(metadata: Sequence[tuple[str, str | bytes]]) -> str | bytes | None:
+    """The key sent as ``x-api-key`` or ``authorization: Bearer``, as it arrived."""
     for name, value in metadata:
-        text = value.decode() if isinstance(value, bytes) else value
         if name == "x-api-key":
-            return text
-        if name == "authorization" and text.lower().startswith("bearer "):
-            return text[7:].strip()
+            return value
+        if name == "authorization":
+            raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+            if raw[:7].lower() == b"bearer ":
+                return raw[7:].strip()
     return None
 
 
@@ -87,8 +90,8 @@ def _abort_handler(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler
 class AuthInterceptor(grpc.ServerInterceptor):
     """API keys and per-key quotas, applied before any handler runs."""
 
-    def __init__(self, keys: Mapping[str, str], limiter: RateLimiter | None = None) -> None:
-        self._keys = dict(keys)  # key -> identity
+    def __init__(self, keys: Iterable[ApiKey], limiter: RateLimiter | None = None) -> None:
+        self._keys = KeyRing(keys)
         self._limiter = limiter
 
     def intercept_service(
@@ -102,14 +105,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return handler
         identity = "anonymous"
         if self._keys:
-            key = api_key_from_metadata(list(details.invocation_metadata or ()))
-            if key is None or key not in self._keys:
+            known = self._keys.identify(
+                api_key_from_metadata(list(details.invocation_metadata or ()))
+            )
+            if known is None:
                 REJECTED.labels(method, "unknown", "UNAUTHENTICATED").inc()
                 return _abort_handler(
                     grpc.StatusCode.UNAUTHENTICATED,
                     "missing or unknown API key (send it as x-api-key metadata)",
                 )
-            identity = self._keys[key]
+            identity = known
         if self._limiter is not None and not self._limiter.allow(identity):
             REJECTED.labels(method, identity, "RESOURCE_EXHAUSTED").inc()
             return _abort_handler(
@@ -132,7 +137,7 @@ def create_server(
     handlers: Sequence[grpc.GenericRpcHandler],
     service_names: Sequence[str],
     *,
-    keys: Mapping[str, str] | None = None,
+    keys: Iterable[ApiKey] = (),
     limiter: RateLimiter | None = None,
     max_workers: int = 32,
     max_message_bytes: int = 4 * 1024 * 1024,
@@ -145,7 +150,7 @@ def create_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         handlers=list(handlers),
-        interceptors=[AuthInterceptor(keys or {}, limiter)],
+        interceptors=[AuthInterceptor(keys, limiter)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

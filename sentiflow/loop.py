@@ -26,7 +26,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from sentiflow.dlq import RejectError, Rejection, dlq_output
+from sentiflow.dlq import Rejection, dlq_output, rejection_of
+from sentiflow.errors import InvalidInputError
 from sentiflow.kafka import DeliveryError, Output, Record, flush, produce
 from sentiflow.offsets import OffsetTracker
 from sentiflow.v1 import events_pb2
@@ -61,8 +62,9 @@ class LoopStats:
 
 
 def _rejection_of(exc: BaseException) -> Rejection:
-    if isinstance(exc, RejectError):
-        return exc.rejection
+    """Bad input is dead-lettered with the reason it carries; anything else is our failure."""
+    if isinstance(exc, InvalidInputError):
+        return rejection_of(exc)
     return Rejection(events_pb2.REJECT_REASON_PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
 
 

@@ -17,7 +17,7 @@ _INVISIBLE = re.compile(r"[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\
 _SPACES = re.compile(r"\s+")
 
 
-def _already_clean(text: str) -> bool:
+def is_clean(text: str) -> bool:
     """True when cleaning would not change the text; every check runs at C speed.
 
     ``isprintable()`` is false for every character the cleaning removes or rewrites
@@ -36,7 +36,7 @@ def _already_clean(text: str) -> bool:
 
 def clean_for_model(text: str) -> str:
     """NFC, invisible and control characters removed, whitespace collapsed."""
-    if _already_clean(text):
+    if is_clean(text):
         return text
     text = unicodedata.normalize("NFC", text)
     text = _INVISIBLE.sub("", text)

@@ -9,14 +9,13 @@ from __future__ import annotations
 import gc
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
-from sentiflow import devstack
 from sentiflow.config import KafkaSettings, RedisSettings, Settings, TopicNames
 from sentiflow.topics import admin_client, create_topics, topic_specs
+from stack import devstack
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +79,3 @@ def settings(
 @pytest.fixture
 def group_id() -> str:
     return f"g{uuid.uuid4().hex[:10]}"
-
-
-REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sentiflow.artifacts import (
+from sentiflow.models.artifacts import (
     ArtifactIntegrityError,
     UnsafeArtifactError,
     build_manifest,

@@ -8,8 +8,8 @@ from google.protobuf.message import Message
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.dlq import Rejection, now_timestamp, rejected
 from sentiflow.kafka import Output, make_producer, produce_and_wait
+from sentiflow.readback import read_topic
 from sentiflow.v1 import events_pb2
-from tests.kafkautil import read_topic
 
 pytestmark = pytest.mark.integration
 

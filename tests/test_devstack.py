@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from sentiflow import devstack
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.topics import admin_client, create_topics, topic_specs
+from stack import devstack
 
 pytestmark = pytest.mark.integration
 
-CLI = [sys.executable, "-m", "sentiflow.cli"]
+CLI = [sys.executable, "-m", "stack.cli"]
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ from sentiflow.config import KafkaSettings
 from sentiflow.follow import TopicFollower
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.topics import admin_client
-from tests.feedback.harness import wait_for
+from tests.support.feedback import wait_for
 
 pytestmark = pytest.mark.integration
 

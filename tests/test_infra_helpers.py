@@ -11,7 +11,7 @@ import redis
 from prometheus_client import CollectorRegistry, Counter
 
 from sentiflow.config import RedisSettings
-from sentiflow.metrics import HealthServer
+from sentiflow.health import HealthServer
 from sentiflow.redisclient import connect, key
 
 

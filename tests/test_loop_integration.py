@@ -15,9 +15,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.kafka import Output, consumer_config, make_producer, produce_and_wait
+from sentiflow.readback import read_topic
 from sentiflow.v1 import events_pb2
-from tests.conftest import REPO_ROOT
-from tests.kafkautil import read_topic
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

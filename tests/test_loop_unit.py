@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import grpc
 import pytest
 
 from sentiflow.dlq import MAX_ORIGINAL_BYTES, RejectError, Rejection, decode, dlq_output
+from sentiflow.errors import InvalidInputError, grpc_status
 from sentiflow.kafka import Output, Record
 from sentiflow.loop import Outcome, process_safely
 from sentiflow.v1 import events_pb2
@@ -50,6 +52,24 @@ def test_reject_error_keeps_its_reason_and_tombstones_skip_the_handler() -> None
     assert outcomes[0].reason_name == "tombstone"
     assert isinstance(outcomes[1], Rejection)
     assert outcomes[1].reason_name == "empty_text"
+
+
+def test_any_invalid_input_is_dead_lettered_with_the_reason_it_carries() -> None:
+    def handler(records: Sequence[Record]) -> list[Outcome]:
+        raise InvalidInputError("text is too long", reason=events_pb2.REJECT_REASON_TOO_LARGE)
+
+    (outcome,) = process_safely(handler, [_record(b"x")])
+    assert outcome == Rejection(events_pb2.REJECT_REASON_TOO_LARGE, "text is too long")
+
+
+def test_reject_error_is_invalid_input_to_every_edge() -> None:
+    error = RejectError(events_pb2.REJECT_REASON_EMPTY_TEXT, "nothing left after cleaning")
+    assert isinstance(error, InvalidInputError)
+    assert grpc_status(error) == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.rejection == Rejection(
+        events_pb2.REJECT_REASON_EMPTY_TEXT, "nothing left after cleaning"
+    )
+    assert str(error) == "empty_text: nothing left after cleaning"
 
 
 def test_handler_returning_wrong_count_is_caught() -> None:

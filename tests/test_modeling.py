@@ -16,7 +16,7 @@ from transformers import (
     pipeline,
 )
 
-from sentiflow.modeling import (
+from sentiflow.models.modeling import (
     MODEL_TYPE,
     SentiflowForSequenceClassification,
     UnsafeArtifactError,
@@ -24,18 +24,8 @@ from sentiflow.modeling import (
     load_classifier,
     mean_pool,
 )
-from tests.tinymodel import logits, make_encoder
-
-LABELS = ("negative", "positive", "neutral")
-TEXTS = ["stocks rally on strong earnings", "shares slump", "market flat", "bear"]
-
-
-def make_tiny_classifier(
-    tmp_path: Path, seed: int = 0
-) -> tuple[SentiflowForSequenceClassification, PreTrainedTokenizerBase]:
-    model, tokenizer = build_classifier(make_encoder(tmp_path / "base", seed), LABELS, seed=seed)
-    model.train(False)
-    return model, tokenizer
+from sentiflow.models.tiny import logits, make_encoder
+from tests.support.classifier import LABELS, TEXTS, make_tiny_classifier
 
 
 def saved(

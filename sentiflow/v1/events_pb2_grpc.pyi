@@ -3,8 +3,10 @@
 isort:skip_file
 Event messages carried on sentiflow's Kafka topics.
 
-Every topic carries exactly one message type (see DESIGN.md). Fields are only
-ever added; a consumer that meets a message it cannot decode sends it to
+Every topic carries exactly one message type: docs.raw Document, docs.scored
+Prediction, feedback.events Feedback, training.examples LabeledExample,
+model.versions ModelVersion, alerts.sentiment Alert, docs.dlq Rejected. Fields are
+only ever added; a consumer that meets a message it cannot decode sends it to
 docs.dlq as a Rejected record and goes on.
 """
 

@@ -54,6 +54,11 @@ class FeedbackServiceStub:
                 request_serializer=sentiflow_dot_v1_dot_feedback__pb2.StatsRequest.SerializeToString,
                 response_deserializer=sentiflow_dot_v1_dot_feedback__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.ListReview = channel.unary_unary(
+                '/sentiflow.v1.FeedbackService/ListReview',
+                request_serializer=sentiflow_dot_v1_dot_feedback__pb2.ListReviewRequest.SerializeToString,
+                response_deserializer=sentiflow_dot_v1_dot_feedback__pb2.ListReviewResponse.FromString,
+                _registered_method=True)
 
 
 class FeedbackServiceServicer:
@@ -83,6 +88,14 @@ class FeedbackServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReview(self, request, context):
+        """The review queue: scored documents the model is least sure of, least confident
+        first, so users are asked about those before any other.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedbackServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +118,11 @@ def add_FeedbackServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=sentiflow_dot_v1_dot_feedback__pb2.StatsRequest.FromString,
                     response_serializer=sentiflow_dot_v1_dot_feedback__pb2.StatsResponse.SerializeToString,
+            ),
+            'ListReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReview,
+                    request_deserializer=sentiflow_dot_v1_dot_feedback__pb2.ListReviewRequest.FromString,
+                    response_serializer=sentiflow_dot_v1_dot_feedback__pb2.ListReviewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +233,33 @@ class FeedbackService:
             '/sentiflow.v1.FeedbackService/Stats',
             sentiflow_dot_v1_dot_feedback__pb2.StatsRequest.SerializeToString,
             sentiflow_dot_v1_dot_feedback__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sentiflow.v1.FeedbackService/ListReview',
+            sentiflow_dot_v1_dot_feedback__pb2.ListReviewRequest.SerializeToString,
+            sentiflow_dot_v1_dot_feedback__pb2.ListReviewResponse.FromString,
             options,
             channel_credentials,
             insecure,

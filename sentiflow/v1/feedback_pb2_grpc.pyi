@@ -37,6 +37,10 @@ class FeedbackServiceStub:
     SubmitBatch: _grpc.UnaryUnaryMultiCallable[_feedback_pb2.SubmitBatchRequest, _feedback_pb2.SubmitBatchResponse]
     GetDocument: _grpc.UnaryUnaryMultiCallable[_feedback_pb2.GetDocumentRequest, _feedback_pb2.GetDocumentResponse]
     Stats: _grpc.UnaryUnaryMultiCallable[_feedback_pb2.StatsRequest, _feedback_pb2.StatsResponse]
+    ListReview: _grpc.UnaryUnaryMultiCallable[_feedback_pb2.ListReviewRequest, _feedback_pb2.ListReviewResponse]
+    """The review queue: scored documents the model is least sure of, least confident
+    first, so users are asked about those before any other.
+    """
 
 @_typing.type_check_only
 class FeedbackServiceAsyncStub(FeedbackServiceStub):
@@ -45,6 +49,10 @@ class FeedbackServiceAsyncStub(FeedbackServiceStub):
     SubmitBatch: _aio.UnaryUnaryMultiCallable[_feedback_pb2.SubmitBatchRequest, _feedback_pb2.SubmitBatchResponse]  # type: ignore[assignment]
     GetDocument: _aio.UnaryUnaryMultiCallable[_feedback_pb2.GetDocumentRequest, _feedback_pb2.GetDocumentResponse]  # type: ignore[assignment]
     Stats: _aio.UnaryUnaryMultiCallable[_feedback_pb2.StatsRequest, _feedback_pb2.StatsResponse]  # type: ignore[assignment]
+    ListReview: _aio.UnaryUnaryMultiCallable[_feedback_pb2.ListReviewRequest, _feedback_pb2.ListReviewResponse]  # type: ignore[assignment]
+    """The review queue: scored documents the model is least sure of, least confident
+    first, so users are asked about those before any other.
+    """
 
 class FeedbackServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -74,5 +82,15 @@ class FeedbackServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _feedback_pb2.StatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_feedback_pb2.StatsResponse, _abc.Awaitable[_feedback_pb2.StatsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListReview(
+        self,
+        request: _feedback_pb2.ListReviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_feedback_pb2.ListReviewResponse, _abc.Awaitable[_feedback_pb2.ListReviewResponse]]:
+        """The review queue: scored documents the model is least sure of, least confident
+        first, so users are asked about those before any other.
+        """
 
 def add_FeedbackServiceServicer_to_server(servicer: FeedbackServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -17,9 +17,10 @@ Delivery is at-least-once, made idempotent:
 3. Webhooks are recorded per (alert id, kind, target) once delivered or
    dead-lettered, so a replay of alerts.sentiment does not notify again.
 
-Faust settings are the ones verified on the embedded broker (PLATFORM.md): short
-session and rebalance timeouts, ``producer_max_batch_size=1`` (batching lost windows
-in changelog recovery there), at-least-once, agent concurrency 1, no web server.
+Faust settings are the ones verified on the embedded broker (Tansu, whose group joins
+take about half the session timeout): short session and rebalance timeouts,
+``producer_max_batch_size=1`` (batching lost windows in changelog recovery there),
+at-least-once, agent concurrency 1, no web server.
 """
 
 from __future__ import annotations

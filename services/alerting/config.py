@@ -6,9 +6,7 @@ Webhooks are a list, most easily set in the TOML file or as JSON, e.g.
 
 from __future__ import annotations
 
-from typing import Self
-
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr
 
 from sentiflow.config import Settings
 from services.alerting.detector import DetectorConfig
@@ -40,25 +38,9 @@ class AlertingOptions(BaseModel):
     # One series per (entity, source) instead of per entity.
     by_source: bool = False
 
-    # Detection (see services/alerting/detector.py for what each one does).
-    window_s: int = Field(default=300, gt=0)
-    hop_s: int = Field(default=60, gt=0)
-    long_window_s: int = Field(default=900, ge=0)
-    baseline_s: int = Field(default=6 * 3600, gt=0)
-    lateness_s: int = Field(default=120, ge=0)
-    z_threshold: float = Field(default=4.5, gt=0)
-    min_negatives: int = Field(default=10, ge=0)
-    share_floor: float = Field(default=0.2, ge=0, le=1)
-    min_lift: float = Field(default=1.5, ge=1)
-    prior_share: float = Field(default=0.15, gt=0, lt=1)
-    prior_weight: float = Field(default=200.0, ge=0)
-    cooldown_s: int = Field(default=3600, ge=0)
-    resolve_z: float = 1.0
-    resolve_hops: int = Field(default=3, ge=1)
-    medium_lift: float = Field(default=2.0, ge=1)
-    high_lift: float = Field(default=3.0, ge=1)
-    max_examples: int = Field(default=3, ge=0)
-    example_chars: int = Field(default=280, ge=0)
+    # Detection: windows, thresholds, cool-down (``SENTIFLOW_ALERTING__DETECTOR__*``;
+    # :class:`~services.alerting.detector.DetectorConfig` says what each one does).
+    detector: DetectorConfig = DetectorConfig()
 
     # Event time is the document's published time; one further ahead than this of
     # when the system saw it (ingest time, else the record's timestamp) is clamped,
@@ -79,33 +61,6 @@ class AlertingOptions(BaseModel):
     # Faust commits offsets this often; a crash replays at most this much input
     # (replays are idempotent, only slower).
     commit_interval_s: float = Field(default=2.8, gt=0)
-
-    @model_validator(mode="after")
-    def _detector_rules_hold(self) -> Self:
-        self.detector_config()
-        return self
-
-    def detector_config(self) -> DetectorConfig:
-        return DetectorConfig(
-            window_s=self.window_s,
-            hop_s=self.hop_s,
-            long_window_s=self.long_window_s,
-            baseline_s=self.baseline_s,
-            lateness_s=self.lateness_s,
-            z_threshold=self.z_threshold,
-            min_negatives=self.min_negatives,
-            share_floor=self.share_floor,
-            min_lift=self.min_lift,
-            prior_share=self.prior_share,
-            prior_weight=self.prior_weight,
-            cooldown_s=self.cooldown_s,
-            resolve_z=self.resolve_z,
-            resolve_hops=self.resolve_hops,
-            medium_lift=self.medium_lift,
-            high_lift=self.high_lift,
-            max_examples=self.max_examples,
-            example_chars=self.example_chars,
-        )
 
 
 class AlertingSettings(Settings):

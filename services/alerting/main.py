@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from sentiflow.faustworker import StartupError, preflight, prepare_topics, serve
 from sentiflow.logs import setup_logging
@@ -13,9 +14,8 @@ from services.alerting.config import AlertingSettings
 log = logging.getLogger(__name__)
 
 
-def main() -> int:
-    settings = AlertingSettings()
-    setup_logging("alerting", settings.log_level, settings.log_format)
+def run(settings: AlertingSettings, stop: threading.Event) -> int:
+    """Run the worker until SIGTERM/SIGINT or ``stop``; Faust handles the signals."""
     if not preflight():
         return 1
     names = settings.topics
@@ -29,7 +29,13 @@ def main() -> int:
         log.error("%s", exc)
         return 1
     bundle = build_app(settings)
-    return serve(bundle.app, bundle.readiness, settings.metrics_port, settings.log_level)
+    return serve(bundle.app, bundle.readiness, settings.metrics_port, settings.log_level, stop)
+
+
+def main() -> int:
+    settings = AlertingSettings()
+    setup_logging("alerting", settings.log_level, settings.log_format)
+    return run(settings, threading.Event())
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ class Processor:
     """
 
     def __init__(self, options: AlertingOptions) -> None:
-        self._config = options.detector_config()
+        self._config = options.detector
         self._rules = CountingRules(
             model=options.model,
             negative_label=options.negative_label,

@@ -2,37 +2,32 @@
 
 A key arrives as ``Authorization: Bearer <key>`` (scripts) or is exchanged once at
 the login form for a session cookie (the page), so the key itself is never kept in
-the browser. Keys are compared in constant time; sessions live in memory only, so a
-restart logs everyone out, which is acceptable for a tool a browser re-logs into.
+the browser. Keys are compared in constant time (:class:`sentiflow.apikeys.KeyRing`)
+and a caller is known by its key's user; sessions live in memory only, so a restart
+logs everyone out, which is acceptable for a tool a browser re-logs into.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pydantic import SecretStr
+from sentiflow.apikeys import ApiKey, KeyRing
 
 SESSION_COOKIE = "sentiflow_console"
 
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated caller; ``key`` is what it authenticated with (None when open)."""
+    """An authenticated caller; ``key`` is what it authenticated with (None when open),
+    kept to forward to the feedback service and out of the repr."""
 
     name: str
-    key: str | None
+    key: str | None = field(repr=False)
     operator: bool
-
-
-def key_name(key: str) -> str:
-    """A stable, non-secret name for a key, for logs and the page."""
-    return "key:" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 def bearer(header: str | None) -> str | None:
@@ -44,13 +39,13 @@ def bearer(header: str | None) -> str | None:
 class Access:
     def __init__(
         self,
-        api_keys: Sequence[SecretStr],
-        operator_keys: Sequence[SecretStr],
+        api_keys: Sequence[ApiKey],
+        operator_keys: Sequence[ApiKey],
         session_ttl_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._keys = [k.get_secret_value() for k in api_keys if k.get_secret_value()]
-        self._operator_keys = [k.get_secret_value() for k in operator_keys if k.get_secret_value()]
+        self._keys = KeyRing(api_keys)
+        self._operator_keys = KeyRing(operator_keys)
         self._ttl = session_ttl_s
         self._clock = clock
         self._sessions: dict[str, tuple[Caller, float]] = {}
@@ -64,10 +59,11 @@ class Access:
     def check_key(self, key: str) -> Caller | None:
         if self.open:
             return Caller("anonymous", None, operator=True)
-        operator = any(hmac.compare_digest(key, k) for k in self._operator_keys)
-        if operator or any(hmac.compare_digest(key, k) for k in self._keys):
-            return Caller(key_name(key), key, operator=operator)
-        return None
+        operator = self._operator_keys.identify(key)
+        if operator is not None:
+            return Caller(operator, key, operator=True)
+        reader = self._keys.identify(key)
+        return Caller(reader, key, operator=False) if reader is not None else None
 
     def login(self, key: str) -> tuple[str, Caller] | None:
         caller = self.check_key(key)

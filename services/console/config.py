@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from sentiflow.apikeys import ApiKeys
 from sentiflow.config import Settings
-from services.trainer.config import TrainerOptions
 
 
 class ConsoleOptions(BaseModel):
@@ -17,9 +17,10 @@ class ConsoleOptions(BaseModel):
     # Access. Empty api_keys and operator_keys: the console is open (a dev machine).
     # Otherwise every /api call needs one of the keys as ``Authorization: Bearer`` or
     # the session cookie the login form sets; promote and rollback need an operator
-    # key. Set from a secret: SENTIFLOW_CONSOLE__API_KEYS='["<key>"]'.
-    api_keys: list[SecretStr] = []
-    operator_keys: list[SecretStr] = []
+    # key. A key's user is the name the page shows and logs. Set from a secret:
+    # SENTIFLOW_CONSOLE__API_KEYS='[{"key": "<key>", "user": "alice"}]'.
+    api_keys: ApiKeys = []
+    operator_keys: ApiKeys = []
     session_ttl_s: int = Field(default=12 * 3600, gt=0)
 
     # The feedback service. Signals are recorded for the identity of the key the
@@ -50,9 +51,7 @@ class ConsoleOptions(BaseModel):
 
 
 class ConsoleSettings(Settings):
-    """The console's section, plus the trainer's: the registry is found exactly where
-    the trainer keeps it (``SENTIFLOW_TRAINER__REGISTRY_URI`` and its storage options)."""
+    """The console's section; the registry is the shared ``registry`` section."""
 
     service_name: str = "console"
     console: ConsoleOptions = ConsoleOptions()
-    trainer: TrainerOptions = TrainerOptions()

@@ -1,4 +1,4 @@
-"""Corrections and document state through the feedback service's gRPC API.
+"""Corrections, document state and the review queue through the feedback service's gRPC API.
 
 The console validates nothing itself: labels, unknown documents and rate limits are
 the feedback service's own rules, and its gRPC status becomes the HTTP status the
@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sentiflow.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc
+from services.console.review import review_json
 from services.console.state import seconds
 
 SERVICE = "sentiflow.v1.FeedbackService"
@@ -141,6 +142,18 @@ class FeedbackGateway:
         except grpc.RpcError as exc:
             raise from_rpc(exc) from exc
         return document_json(response)
+
+    def review(self, caller_key: str | None, model: str, limit: int) -> list[dict[str, Any]]:
+        """The review queue for ``model``, least confident first."""
+        try:
+            response = self._stub.ListReview(
+                feedback_pb2.ListReviewRequest(model=model, limit=limit),
+                timeout=self._timeout,
+                metadata=self._metadata(caller_key),
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc(exc) from exc
+        return review_json(response)
 
     def quality(self, model: str = "") -> dict[tuple[str, str], dict[str, Any]]:
         """Live accuracy per (model, version) against settled labels."""

@@ -12,14 +12,13 @@ import threading
 
 from aiohttp import web
 
+from sentiflow.health import HealthServer
 from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.logs import setup_logging
-from sentiflow.metrics import HealthServer
 from services.console.config import ConsoleSettings
 from services.console.corrections import FeedbackGateway
 from services.console.feed import Feed
 from services.console.models import Models
-from services.console.review import ReviewReader
 from services.console.state import ConsoleState
 from services.console.stream import Hub
 from services.console.web import ConsoleApp
@@ -54,8 +53,8 @@ def build(settings: ConsoleSettings) -> ConsoleApp:
         forward_api_key=options.forward_api_key,
         timeout_s=options.feedback_timeout_s,
     )
-    models = Models(settings.trainer, settings.kafka, settings.topics, state)
-    return ConsoleApp(options, state, hub, feed, gateway, models, ReviewReader(settings.redis))
+    models = Models(settings.registry, settings.kafka, settings.topics, state)
+    return ConsoleApp(options, state, hub, feed, gateway, models)
 
 
 async def serve(
@@ -95,7 +94,6 @@ async def serve(
         await runner.cleanup()
         console.feed.stop()
         console.gateway.close()
-        console.review.close()
         if health is not None:
             health.stop()
 

@@ -1,8 +1,8 @@
-"""Model versions for the page: the trainer's registry, what model.versions says is
+"""Model versions for the page: the registry, what model.versions says is
 serving, and live accuracy from the feedback service; plus promote and rollback.
 
-Promote and rollback go through the trainer's own promotion
-(:func:`services.trainer.publish.promote`), as ``sentiflow models promote/rollback``
+Promote and rollback go through the one promotion
+(:func:`sentiflow.models.publish.promote`), as ``sentiflow models promote/rollback``
 do: check the version's files against its manifest, set the stage in the registry,
 publish the version on model.versions. The registry (and with it transformers) is imported on
 first use, so a console that never opens the models tab starts light.
@@ -14,15 +14,14 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from sentiflow.config import KafkaSettings, TopicNames
+from sentiflow.config import KafkaSettings, RegistrySettings, TopicNames
 from services.console.corrections import ConsoleError
 from services.console.state import ConsoleState
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from services.trainer.config import TrainerOptions
-    from services.trainer.registry import ModelRegistry, VersionInfo
+    from sentiflow.models.registry import ModelRegistry, VersionInfo
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -48,18 +47,22 @@ def registry_json(info: VersionInfo) -> dict[str, Any]:
 
 class Models:
     def __init__(
-        self, trainer: TrainerOptions, kafka: KafkaSettings, topics: TopicNames, state: ConsoleState
+        self,
+        registry: RegistrySettings,
+        kafka: KafkaSettings,
+        topics: TopicNames,
+        state: ConsoleState,
     ) -> None:
-        self._trainer = trainer
+        self._registry_settings = registry
         self._kafka = kafka
         self._topics = topics
         self._state = state
         self._lock = threading.Lock()  # one stage change at a time from this console
 
     def _registry(self) -> ModelRegistry:
-        from services.trainer.registry import registry_from_options
+        from sentiflow.models.location import open_registry
 
-        return registry_from_options(self._trainer)
+        return open_registry(self._registry_settings)
 
     def list(self) -> list[dict[str, Any]]:
         """Every version known to the registry or the topic, newest first per model.
@@ -91,8 +94,8 @@ class Models:
         return out
 
     def promote(self, model: str, version: str, reason: str) -> dict[str, Any]:
-        from services.trainer.publish import Publisher, promote
-        from services.trainer.registry import RegistryError, UnknownVersionError
+        from sentiflow.models.publish import Publisher, promote
+        from sentiflow.models.registry import RegistryError, UnknownVersionError
 
         with self._lock:
             try:
@@ -110,7 +113,7 @@ class Models:
         return registry_json(info)
 
     def rollback(self, model: str, version: str | None, reason: str) -> dict[str, Any]:
-        from services.trainer.commands import previous_production
+        from sentiflow.models.registry import previous_production
 
         if version is None:
             registry = self._registry()

@@ -17,7 +17,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from sentiflow import modelversions
+from sentiflow.models import versions as modelversions
 from sentiflow.v1 import events_pb2
 
 ALL_ENTITIES = ""  # the series over every document, entity or not
@@ -345,7 +345,7 @@ def version_json(version: events_pb2.ModelVersion) -> dict[str, Any]:
 
 
 class ModelBook:
-    """model.versions folded the way inference folds it (:mod:`sentiflow.modelversions`)."""
+    """model.versions folded the way inference folds it (:mod:`sentiflow.models.versions`)."""
 
     def __init__(self) -> None:
         self.states: dict[str, modelversions.ModelState] = {}

@@ -17,9 +17,9 @@ Routes (all JSON under /api, which needs a key or a session when keys are set):
   ``POST /api/models/{model}/rollback`` ``{"version"}`` (optional)
 
 Readiness: ready once each topic's history is loaded and its follower runs. The
-feedback service and Redis are reported but do not make the console unready: it
-still shows the stream, charts and alerts while they are down, and corrections and
-the review queue answer 503 until they are back (degraded, but serving).
+feedback service is reported but does not make the console unready: it still shows
+the stream, charts and alerts while it is down, and corrections and the review queue
+answer 503 until it is back (degraded, but serving).
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from typing import Any
 
 from aiohttp import web
 
+from sentiflow import health
 from services.console import metrics
 from services.console.auth import SESSION_COOKIE, Access, Caller
 from services.console.config import ConsoleOptions
 from services.console.corrections import ConsoleError, FeedbackGateway
 from services.console.feed import Feed
 from services.console.models import Models
-from services.console.review import ReviewReader
 from services.console.state import ALL_ENTITIES, ConsoleState, DocFilter
 from services.console.stream import Hub, sse
 
@@ -115,6 +115,10 @@ def _caller(request: web.Request) -> Caller:
     return request[CALLER]
 
 
+def _response(answer: health.Answer) -> web.Response:
+    return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
+
+
 class ConsoleApp:
     def __init__(
         self,
@@ -124,7 +128,6 @@ class ConsoleApp:
         feed: Feed,
         gateway: FeedbackGateway,
         models: Models,
-        review: ReviewReader,
     ) -> None:
         self.options = options
         self.state = state
@@ -132,7 +135,6 @@ class ConsoleApp:
         self.feed = feed
         self.gateway = gateway
         self.models = models
-        self.review = review
         self.access = Access(options.api_keys, options.operator_keys, options.session_ttl_s)
 
     def app(self) -> web.Application:
@@ -190,21 +192,17 @@ class ConsoleApp:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return _response(health.alive())
 
     async def readyz(self, _request: web.Request) -> web.Response:
         feedback_ok = await asyncio.to_thread(self.gateway.reachable)
-        redis_ok = await asyncio.to_thread(self.review.ping)
-        ready = self.feed.caught_up()
-        body = {
-            "ready": ready,
-            "degraded": not (feedback_ok and redis_ok),
+        detail: dict[str, object] = {
+            "degraded": not feedback_ok,
             "feedback": "ok" if feedback_ok else "unreachable",
-            "redis": "ok" if redis_ok else "unreachable",
             "topics": self.feed.status(),
             "streams": self.hub.subscribers,
         }
-        return web.json_response(body, status=200 if ready else 503)
+        return _response(health.readiness(self.feed.caught_up(), detail))
 
     # -- auth -------------------------------------------------------------------------
 
@@ -339,9 +337,10 @@ class ConsoleApp:
         return web.json_response({"alerts": found})
 
     async def review_queue(self, request: web.Request) -> web.Response:
+        caller = _caller(request)
         model = request.query.get("model", "") or self.state.model
         limit = _int(request, "limit", self.options.review_limit, 1000)
-        found = await asyncio.to_thread(self.review.next, model, limit)
+        found = await asyncio.to_thread(self.gateway.review, caller.key, model, limit)
         return web.json_response({"model": model, "documents": found})
 
     # -- models -----------------------------------------------------------------------

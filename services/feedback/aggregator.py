@@ -6,7 +6,8 @@ typed and Faust-free.
 
 Faust runs the consumer group, the partition assignment and an agent per partition
 over feedback.events (keyed by document id), with the settings verified on the
-embedded broker (PLATFORM.md): short session and rebalance timeouts,
+embedded broker (Tansu, whose group joins take about half the session timeout):
+short session and rebalance timeouts,
 ``producer_max_batch_size=1``, at-least-once, agent concurrency 1, no web server.
 
 The state is in Redis, not in Faust tables. Measured on the embedded broker, a
@@ -22,6 +23,7 @@ exactly-once under Faust's at-least-once delivery (see :mod:`aggregation`).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,7 +73,7 @@ class FeedbackWorker:
             self.redis,
             AggregationConfig(
                 keys=Keys.of(settings.redis),
-                rules=options.votes.rules(),
+                rules=options.votes,
                 examples_topic=examples_name,
                 dlq_topic=dlq_name,
                 default_model=options.default_model,
@@ -139,9 +141,8 @@ class FeedbackWorker:
         }
 
 
-def main() -> int:
-    settings = FeedbackSettings()
-    setup_logging(SERVICE, settings.log_level, settings.log_format)
+def run(settings: FeedbackSettings, stop: threading.Event) -> int:
+    """Run the worker until SIGTERM/SIGINT or ``stop``; Faust handles the signals."""
     if not preflight():
         return 1
     names = settings.topics
@@ -153,7 +154,13 @@ def main() -> int:
         log.error("%s", exc)
         return 1
     worker = FeedbackWorker(settings)
-    return serve(worker.app, worker.readiness, settings.metrics_port, settings.log_level)
+    return serve(worker.app, worker.readiness, settings.metrics_port, settings.log_level, stop)
+
+
+def main() -> int:
+    settings = FeedbackSettings()
+    setup_logging(SERVICE, settings.log_level, settings.log_format)
+    return run(settings, threading.Event())
 
 
 if __name__ == "__main__":

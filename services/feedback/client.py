@@ -63,6 +63,14 @@ class FeedbackClient:
             feedback_pb2.StatsRequest(model=model), timeout=self._timeout, metadata=self.metadata
         )
 
+    def review(self, model: str = "", limit: int = 0) -> feedback_pb2.ListReviewResponse:
+        """The review queue, least confident first (``limit`` 0: the service's default)."""
+        return self.stub.ListReview(
+            feedback_pb2.ListReviewRequest(model=model, limit=limit),
+            timeout=self._timeout,
+            metadata=self.metadata,
+        )
+
     def close(self) -> None:
         self._channel.close()
 

@@ -1,4 +1,4 @@
-"""The FeedbackService gRPC API: signals in, documents and live quality out.
+"""The FeedbackService gRPC API: signals in, documents, the review queue and live quality out.
 
 Handlers are registered by hand (:mod:`sentiflow.grpchandlers`) so undecodable
 requests become INVALID_ARGUMENT and every error maps to its status in one place.
@@ -37,9 +37,10 @@ from services.feedback import metrics, records
 from services.feedback.config import FeedbackOptions
 from services.feedback.publish import EventPublisher
 from services.feedback.quality import VersionQuality
+from services.feedback.review import ReviewQueue, list_query
 from services.feedback.signals import check_request, feedback_event, model_of
 from services.feedback.state import FeedbackState
-from services.feedback.store import DocumentStore
+from services.feedback.store import DocumentStore, StoredDocument
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,28 @@ def version_stats(v: VersionQuality) -> feedback_pb2.VersionStats:
     )
 
 
+def review_items(
+    model: str, queued: Sequence[tuple[str, float]], stored: Sequence[StoredDocument | None]
+) -> list[feedback_pb2.ReviewItem]:
+    """Queue entries with their documents, in queue order; one that expired is left out."""
+    items = []
+    for (_, m), found in zip(queued, stored, strict=True):
+        if found is None:
+            continue
+        item = feedback_pb2.ReviewItem(document=found.document, margin=m)
+        answer = found.prediction(model)
+        if answer is not None:
+            item.prediction.CopyFrom(answer)
+        items.append(item)
+    return items
+
+
 class FeedbackService:
     def __init__(
         self,
         store: DocumentStore,
         state: FeedbackState,
+        review: ReviewQueue,
         publisher: EventPublisher,
         options: FeedbackOptions,
         limiter: RateLimiter | None = None,
@@ -81,6 +99,7 @@ class FeedbackService:
     ) -> None:
         self._store = store
         self._state = state
+        self._review = review
         self._publisher = publisher
         self._options = options
         self._limiter = limiter
@@ -239,6 +258,17 @@ class FeedbackService:
             users=summary.users,
         )
 
+    def list_review(
+        self, request: feedback_pb2.ListReviewRequest, _context: grpc.ServicerContext
+    ) -> feedback_pb2.ListReviewResponse:
+        model, limit = list_query(request, self._options.default_model)
+        with _redis_errors():
+            queued = self._review.next(model, limit)
+            stored = self._store.get_many([doc_id for doc_id, _ in queued])
+        return feedback_pb2.ListReviewResponse(
+            model=model, items=review_items(model, queued, stored)
+        )
+
     # -- registration ------------------------------------------------------------------
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -263,6 +293,7 @@ class FeedbackService:
                     "GetDocument", feedback_pb2.GetDocumentRequest, self.get_document
                 ),
                 "Stats": unary("Stats", feedback_pb2.StatsRequest, self.stats),
+                "ListReview": unary("ListReview", feedback_pb2.ListReviewRequest, self.list_review),
             },
         )
 

@@ -13,11 +13,11 @@ import threading
 from prometheus_client import REGISTRY
 
 from sentiflow.grpcserver import create_server, set_serving
+from sentiflow.health import HealthServer
 from sentiflow.kafka import make_consumer, make_producer
 from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.logs import setup_logging
 from sentiflow.loop import LoopConfig, ProcessingLoop
-from sentiflow.metrics import HealthServer
 from sentiflow.ratelimit import RateLimiter
 from sentiflow.redisclient import connect
 from services.feedback.config import FeedbackSettings
@@ -32,7 +32,7 @@ from services.feedback.store import DocumentStore, scored_handler
 log = logging.getLogger(__name__)
 
 
-def run(settings: FeedbackSettings, stop: threading.Event | None = None) -> int:
+def run(settings: FeedbackSettings, stop: threading.Event) -> int:
     """Serve until stopped.
 
     1. Connect to Redis (waiting for it), start the health/metrics endpoint with live
@@ -43,7 +43,6 @@ def run(settings: FeedbackSettings, stop: threading.Event | None = None) -> int:
     """
     options = settings.feedback
     topics = settings.topics
-    stop = stop or threading.Event()
     client = connect(settings.redis)
     keys = Keys.of(settings.redis)
     store = DocumentStore(client, keys, options.retention_s)
@@ -85,7 +84,7 @@ def run(settings: FeedbackSettings, stop: threading.Event | None = None) -> int:
     )
     if not options.api_keys:
         log.warning("no API keys configured: every signal is recorded for user 'anonymous'")
-    service = FeedbackService(store, state, publisher, options, signal_limiter)
+    service = FeedbackService(store, state, review, publisher, options, signal_limiter)
     server, port, health = create_server(
         options.grpc_address,
         [service.handler()],

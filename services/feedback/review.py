@@ -17,9 +17,30 @@ from typing import cast
 
 import redis
 
-from sentiflow.v1 import events_pb2
+from sentiflow.errors import InvalidInputError
+from sentiflow.text import has_nul
+from sentiflow.v1 import events_pb2, feedback_pb2
 from services.feedback import votes
 from services.feedback.keys import Keys
+from services.feedback.signals import MAX_LABEL_CHARS
+
+DEFAULT_LIST_ITEMS = 50
+MAX_LIST_ITEMS = 1000
+
+
+def list_query(request: feedback_pb2.ListReviewRequest, default_model: str) -> tuple[str, int]:
+    """The (model, limit) a ListReview asks for, or InvalidInputError saying what is wrong.
+
+    The limit is bounded because every item costs a read of its document.
+    """
+    if len(request.model) > MAX_LABEL_CHARS or has_nul(request.model):
+        raise InvalidInputError(f"model is not a model name (over {MAX_LABEL_CHARS} or NUL)")
+    if request.limit > MAX_LIST_ITEMS:
+        raise InvalidInputError(
+            f"limit must be 1 to {MAX_LIST_ITEMS} (or 0 for {DEFAULT_LIST_ITEMS}), "
+            f"not {request.limit}"
+        )
+    return request.model or default_model, request.limit or DEFAULT_LIST_ITEMS
 
 
 def margin(prediction: events_pb2.ModelPrediction) -> float | None:

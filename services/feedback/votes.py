@@ -40,13 +40,38 @@ _EPSILON = 1e-9
 
 @dataclass(frozen=True)
 class Rules:
-    new_user_weight: float = 0.5
+    """How signals become a settled label (``SENTIFLOW_FEEDBACK__VOTES__*``)."""
+
+    new_user_weight: float = 0.5  # weight of a user with no past
     min_weight: float = 0.1
     max_weight: float = 1.0
-    prior_votes: float = 4.0
-    settle_weight: float = 0.8
-    min_agreement: float = 2 / 3
+    prior_votes: float = 4.0  # how many settled votes the new-user weight counts as
+    settle_weight: float = 0.8  # weighted votes the winning label needs to settle
+    min_agreement: float = 2 / 3  # share of the weight the winning label needs
     min_votes: int = 1
+
+    def __post_init__(self) -> None:
+        """Refuse rules under which one account could overturn a settled label.
+
+        A settled label has at least ``settle_weight`` behind it; a challenger needs
+        ``min_agreement`` of all the weight, i.e. ``settle_weight * a / (1 - a)`` or
+        more. One account weighs at most ``max_weight``.
+        """
+        if min(self.new_user_weight, self.min_weight, self.prior_votes, self.settle_weight) <= 0:
+            raise ValueError("weights, prior_votes and settle_weight must be positive")
+        if not 0.5 < self.min_agreement <= 1:
+            raise ValueError("min_agreement must be in (0.5, 1]")
+        if self.min_votes < 1:
+            raise ValueError("min_votes must be at least 1")
+        if not self.min_weight <= self.new_user_weight <= self.max_weight:
+            raise ValueError("need min_weight <= new_user_weight <= max_weight")
+        a = self.min_agreement
+        needed = float("inf") if a >= 1 else self.settle_weight * a / (1 - a)
+        if self.max_weight >= needed:
+            raise ValueError(
+                f"max_weight {self.max_weight} would let one account flip a settled label "
+                f"(a flip needs {needed:.3f}); lower it or raise settle_weight/min_agreement"
+            )
 
 
 @dataclass(frozen=True)

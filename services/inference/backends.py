@@ -8,18 +8,18 @@ which is the fast CPU path). Both
 - refuse checkpoints with pickle-based files, because unpickling runs code, and load
   safetensors only;
 - tokenize with a private copy of the checkpoint's fast tokenizer, truncating to the
-  model's maximum length and flagging each truncated text;
-- sort a call's texts by length into sub-batches and pad each only to its own
+  model's maximum length and flagging each truncated text, when a text is queued
+  (:meth:`TextRunner.encode`), not when it runs;
+- sort a batch's encodings by length into sub-batches and pad each only to its own
   longest, so short texts do not pay for long ones;
 - return softmax scores named by ``config.id2label`` in the model's label order.
 
 Each runner is also a :class:`services.inference.batcher.Runner`: callable on a list
-of texts and carrying the ``version`` that every prediction is attributed to.
+of encodings and carrying the ``version`` that every prediction is attributed to.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import logging
@@ -28,12 +28,11 @@ import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from tokenizers import Encoding, Tokenizer
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -41,15 +40,16 @@ from transformers import (
     PreTrainedConfig,
 )
 
-from sentiflow.artifacts import check_safe_checkpoint, file_sha256
-
-with contextlib.suppress(ImportError):
-    # Registers the "sentiflow-encoder" model type with the Auto classes.
-    import sentiflow.modeling  # noqa: F401
+# Registers the "sentiflow-encoder" model type with the Auto classes.
+import sentiflow.models.modeling  # noqa: F401
+from sentiflow.models.artifacts import check_safe_checkpoint, file_sha256
+from services.inference.batcher import Runner
+from services.inference.tokenization import SEGMENT_INPUT, Encoded, TextEncoder
 
 __all__ = [
     "OnnxRunner",
     "Prediction",
+    "TextRunner",
     "TorchRunner",
     "checkpoint_key",
     "export_onnx",
@@ -66,9 +66,6 @@ FloatArray = npt.NDArray[np.float32]
 OPSET = 17
 # The name carries the quantization recipe, so a changed recipe never reuses old graphs.
 INT8_FILE = "model.int8-per-channel.onnx"
-_SEGMENT_INPUT = "token_type_ids"
-# Above this a tokenizer's model_max_length is the "unset" sentinel, not a real limit.
-_UNSET_MAX_LENGTH = 1_000_000
 
 
 class Prediction(NamedTuple):
@@ -79,6 +76,19 @@ class Prediction(NamedTuple):
     truncated: bool = False
 
 
+class TextRunner(Runner[Encoded, Prediction], Protocol):
+    """A runner as the model manager sees it: the batcher's contract plus its tokenizer.
+
+    Callers ``encode`` texts when they queue them and the batcher hands the encodings to
+    the runner; ``adopt`` turns encodings made by another version's tokenizer into this
+    one's, which only a swap between queueing and running produces.
+    """
+
+    def encode(self, texts: Sequence[str]) -> list[Encoded]: ...
+
+    def adopt(self, encoded: Sequence[Encoded]) -> list[Encoded]: ...
+
+
 # --- checkpoint metadata -------------------------------------------------------------
 
 
@@ -87,29 +97,6 @@ def _labels(config: PreTrainedConfig) -> list[str]:
     raw: Mapping[Any, Any] = config.id2label or {}
     by_index = {int(key): str(name) for key, name in raw.items()}
     return [by_index[i] for i in range(len(by_index))]
-
-
-def _max_positions(config: PreTrainedConfig) -> int | None:
-    """Position-embedding size, looking inside wrapper configs that nest an encoder's."""
-    for candidate in (config, getattr(config, "encoder", None)):
-        value = getattr(candidate, "max_position_embeddings", None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def resolve_max_length(
-    tokenizer_max: int | None, max_positions: int | None, requested: int | None
-) -> int:
-    """The tightest of the requested length, the tokenizer's limit and the model's."""
-    limits = [
-        n
-        for n in (requested, tokenizer_max, max_positions)
-        if n is not None and 0 < n < _UNSET_MAX_LENGTH
-    ]
-    if not limits:
-        raise ValueError("cannot tell the model's maximum length; pass max_length")
-    return min(limits)
 
 
 def checkpoint_key(checkpoint: Path, extra: str = "") -> str:
@@ -125,53 +112,26 @@ def checkpoint_key(checkpoint: Path, extra: str = "") -> str:
     return digest.hexdigest()[:16]
 
 
-# --- tokenization --------------------------------------------------------------------
-
-
-class _TextEncoder:
-    """A private, truncating, non-padding copy of a checkpoint's fast tokenizer.
-
-    The copy matters: the Hugging Face wrapper reconfigures its shared Rust tokenizer
-    on every call, which would race with other threads, and padding is done here per
-    length-sorted sub-batch instead.
-    """
-
-    def __init__(self, checkpoint: Path, requested_max_length: int | None) -> None:
-        wrapper = AutoTokenizer.from_pretrained(checkpoint)
-        backend = getattr(wrapper, "backend_tokenizer", None)
-        if not isinstance(backend, Tokenizer):
-            raise ValueError(f"{checkpoint}: a fast (Rust) tokenizer is required")
-        config = AutoConfig.from_pretrained(checkpoint)
-        self.max_length = resolve_max_length(
-            wrapper.model_max_length, _max_positions(config), requested_max_length
-        )
-        self.pad_id = int(wrapper.pad_token_id or 0)
-        self.wants_token_types = _SEGMENT_INPUT in wrapper.model_input_names
-        self._tokenizer = Tokenizer.from_str(backend.to_str())
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=self.max_length)
-
-    def encode(self, texts: Sequence[str]) -> list[Encoding]:
-        return list(self._tokenizer.encode_batch(list(texts), add_special_tokens=True))
+# --- model inputs --------------------------------------------------------------------
 
 
 def pad_batch(
-    encodings: Sequence[Encoding], pad_id: int, with_token_types: bool
+    encodings: Sequence[Encoded], pad_id: int, with_token_types: bool
 ) -> dict[str, IntArray]:
     """Model inputs for a sub-batch, padded to its own longest member."""
-    width = max(len(e.ids) for e in encodings)
+    width = max(e.tokens for e in encodings)
     shape = (len(encodings), width)
     input_ids = np.full(shape, pad_id, dtype=np.int64)
     attention_mask = np.zeros(shape, dtype=np.int64)
     token_types = np.zeros(shape, dtype=np.int64)
     for row, enc in enumerate(encodings):
-        n = len(enc.ids)
+        n = enc.tokens
         input_ids[row, :n] = enc.ids
-        attention_mask[row, :n] = enc.attention_mask
+        attention_mask[row, :n] = 1
         token_types[row, :n] = enc.type_ids
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if with_token_types:
-        inputs[_SEGMENT_INPUT] = token_types
+        inputs[SEGMENT_INPUT] = token_types
     return inputs
 
 
@@ -206,7 +166,7 @@ def to_predictions(
 
 
 class _Runner:
-    """Tokenize, sort, sub-batch, score; subclasses supply ``_logits`` only."""
+    """Sort, sub-batch, pad, score; subclasses supply ``_logits`` only."""
 
     def __init__(
         self,
@@ -222,7 +182,7 @@ class _Runner:
         check_safe_checkpoint(self.checkpoint)
         self._version = version if version is not None else self.checkpoint.name
         self.batch_size = batch_size
-        self._encoder = _TextEncoder(self.checkpoint, max_length)
+        self._encoder = TextEncoder.from_checkpoint(self.checkpoint, max_length)
         self.labels = _labels(AutoConfig.from_pretrained(self.checkpoint))
         if len(self.labels) < 2:
             raise ValueError(f"{self.checkpoint}: config.id2label names fewer than two labels")
@@ -235,16 +195,23 @@ class _Runner:
     def max_length(self) -> int:
         return self._encoder.max_length
 
-    def tokenize_lengths(self, texts: Sequence[str]) -> list[int]:
-        """Token counts after truncation, which is what padding and the batcher see."""
-        return [len(e.ids) for e in self._encoder.encode(texts)]
+    def encode(self, texts: Sequence[str]) -> list[Encoded]:
+        """Token ids after truncation, which is what padding and the batcher see."""
+        return self._encoder.encode(texts)
+
+    def adopt(self, encoded: Sequence[Encoded]) -> list[Encoded]:
+        return self._encoder.adopt(encoded)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        if not texts:
+        """Encode and run in one call, for callers without a batcher."""
+        return self.run(self.encode(texts))
+
+    def run(self, encoded: Sequence[Encoded]) -> list[Prediction]:
+        if not encoded:
             return []
-        encodings = self._encoder.encode(texts)
-        results: list[Prediction | None] = [None] * len(texts)
-        for chunk in length_sorted_chunks([len(e.ids) for e in encodings], self.batch_size):
+        encodings = self.adopt(encoded)
+        results: list[Prediction | None] = [None] * len(encodings)
+        for chunk in length_sorted_chunks([e.tokens for e in encodings], self.batch_size):
             batch = [encodings[i] for i in chunk]
             inputs = pad_batch(batch, self._encoder.pad_id, self._feeds_token_types)
             logits = self._logits(inputs)
@@ -253,15 +220,15 @@ class _Runner:
                     f"model returned logits of shape {logits.shape} for "
                     f"{len(chunk)} texts and {len(self.labels)} labels"
                 )
-            truncated = [len(e.overflowing) > 0 for e in batch]
+            truncated = [e.truncated for e in batch]
             for i, prediction in zip(
                 chunk, to_predictions(softmax(logits), self.labels, truncated), strict=True
             ):
                 results[i] = prediction
         return [r for r in results if r is not None]
 
-    def __call__(self, texts: Sequence[str], /) -> list[Prediction]:
-        return self.predict(texts)
+    def __call__(self, payloads: Sequence[Encoded], /) -> list[Prediction]:
+        return self.run(payloads)
 
     @property
     def _feeds_token_types(self) -> bool:
@@ -291,8 +258,8 @@ def _input_names(model: torch.nn.Module, wants_token_types: bool) -> list[str]:
     MPNet encoder behind a generic head), while their tokenizer never produces them.
     """
     names = ["input_ids", "attention_mask"]
-    if wants_token_types and _accepts(model, _SEGMENT_INPUT):
-        names.append(_SEGMENT_INPUT)
+    if wants_token_types and _accepts(model, SEGMENT_INPUT):
+        names.append(SEGMENT_INPUT)
     return names
 
 
@@ -352,7 +319,7 @@ class TorchRunner(_Runner):
 
     @property
     def _feeds_token_types(self) -> bool:
-        return _SEGMENT_INPUT in self._names
+        return SEGMENT_INPUT in self._names
 
     def _logits(self, inputs: Mapping[str, IntArray]) -> FloatArray:
         tensors = {
@@ -417,7 +384,7 @@ def export_onnx(checkpoint: Path | str, target: Path) -> None:
     check_safe_checkpoint(root)
     wrapper_tokenizer = AutoTokenizer.from_pretrained(root)
     model = _load_torch_model(root)
-    names = _input_names(model, _SEGMENT_INPUT in wrapper_tokenizer.model_input_names)
+    names = _input_names(model, SEGMENT_INPUT in wrapper_tokenizer.model_input_names)
     # A fresh Module is in training mode, and export restores the wrapper's mode
     # recursively afterwards: without eval() here it would switch dropout on in `model`.
     wrapper = _LogitsOnly(model, names).eval()
@@ -514,7 +481,7 @@ class OnnxRunner(_Runner):
 
     @property
     def _feeds_token_types(self) -> bool:
-        return _SEGMENT_INPUT in self._names
+        return SEGMENT_INPUT in self._names
 
     def _ensure_graph(self, cache_dir: Path | None) -> tuple[Path, bool]:
         filename = INT8_FILE if self.quantized else "model.onnx"

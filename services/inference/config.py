@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sentiflow.apikeys import ApiKeys
 from sentiflow.config import Settings
-from sentiflow.objectstore import S3Options
 
 
 class InferenceOptions(BaseModel):
@@ -34,9 +34,10 @@ class InferenceOptions(BaseModel):
     max_batch_items: int = Field(default=256, ge=1)
     grpc_address: str = "0.0.0.0:50051"
     grpc_workers: int = Field(default=32, ge=1)
-    # API key -> caller identity. Empty: no authentication. Set from a secret, e.g.
-    # SENTIFLOW_INFERENCE__API_KEYS='{"<key>": "analytics-team"}'.
-    api_keys: dict[str, str] = {}
+    # Each key with the caller identity it stands for. Empty: no authentication. Set
+    # from a secret, e.g.
+    # SENTIFLOW_INFERENCE__API_KEYS='[{"key": "<key>", "user": "analytics-team"}]'.
+    api_keys: ApiKeys = []
     quota_rps: float = Field(default=0.0, ge=0, description="per key; 0 = unlimited")
     quota_burst: float = Field(default=100.0, ge=1)
 
@@ -47,11 +48,6 @@ class InferenceOptions(BaseModel):
     answer_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     kafka_batch: int = Field(default=256, ge=1)
     group: str = "inference"
-    registry_root: Path = Path("var/registry")
-    # Versions published from an object store (s3:// artifact URIs) are fetched here
-    # and verified before loading; credentials come from the standard AWS variables.
-    s3: S3Options = S3Options()
-    artifact_cache_dir: Path = Path("var/artifact-cache")
 
 
 class InferenceSettings(Settings):

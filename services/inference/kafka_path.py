@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from sentiflow.dlq import RejectError, decode, now_timestamp
+from sentiflow.dlq import RejectError, decode, now_timestamp, rejection_of
 from sentiflow.errors import InvalidInputError
 from sentiflow.kafka import Output, Record
 from sentiflow.loop import BatchHandler, Outcome
@@ -30,18 +30,11 @@ SHADOW_WAIT_S = 10.0
 
 
 def _document_text(doc: events_pb2.Document, max_chars: int) -> str:
-    """The model text of a document, or a RejectError with the reason from the fixed set."""
+    """The model text of a document; an unusable one raises with its id in the detail."""
     try:
         return model_text(doc.text, max_chars)
     except InvalidInputError as exc:
-        message = str(exc)
-        if "empty" in message:
-            reason = events_pb2.REJECT_REASON_EMPTY_TEXT
-        elif "limit" in message:
-            reason = events_pb2.REJECT_REASON_TOO_LARGE
-        else:
-            reason = events_pb2.REJECT_REASON_INVALID_FIELD
-        raise RejectError(reason, f"document {doc.id!r}: {message}") from None
+        raise InvalidInputError(f"document {doc.id!r}: {exc.detail}", reason=exc.reason) from None
 
 
 Answers = dict[str, events_pb2.ModelPrediction]
@@ -119,8 +112,8 @@ def make_handler(
                 if not doc.id:
                     raise RejectError(events_pb2.REJECT_REASON_MISSING_FIELD, "document has no id")
                 accepted.append((i, doc, _document_text(doc, max_chars)))
-            except RejectError as exc:
-                outcomes[i] = exc.rejection
+            except InvalidInputError as exc:
+                outcomes[i] = rejection_of(exc)
         if accepted:
             docs = [(doc.id, text) for _, doc, text in accepted]
             both = {name: _answers(manager, store, name, docs, shadow_wait_s) for name in names}

@@ -6,12 +6,12 @@ import logging
 import threading
 
 from sentiflow.grpcserver import create_server, set_serving
+from sentiflow.health import HealthServer
 from sentiflow.kafka import make_consumer, make_producer
 from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.logs import setup_logging
 from sentiflow.loop import LoopConfig, ProcessingLoop
-from sentiflow.metrics import HealthServer
-from sentiflow.modelversions import VersionWatcher
+from sentiflow.models.versions import VersionWatcher
 from sentiflow.ratelimit import RateLimiter
 from sentiflow.redisclient import connect
 from services.inference.answers import AnswerStore
@@ -23,7 +23,7 @@ from services.inference.models import ModelManager
 log = logging.getLogger(__name__)
 
 
-def run(settings: InferenceSettings, stop: threading.Event | None = None) -> int:
+def run(settings: InferenceSettings, stop: threading.Event) -> int:
     """Serve until stopped.
 
     1. Start the health/metrics endpoint and the gRPC server (NOT_SERVING, and
@@ -35,8 +35,7 @@ def run(settings: InferenceSettings, stop: threading.Event | None = None) -> int
     """
     options = settings.inference
     topics = settings.topics
-    stop = stop or threading.Event()
-    manager = ModelManager(options)
+    manager = ModelManager(options, registry=settings.registry)
     loop: ProcessingLoop | None = None
 
     def readiness() -> tuple[bool, dict[str, object]]:

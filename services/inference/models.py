@@ -1,13 +1,17 @@
 """Which model versions this process serves, and swapping them without a pause.
 
 One batcher per model name is shared by the Kafka path and gRPC. A new production
-version is loaded and warmed up on a loader thread beside the old one, its artifact
-checked against the published sha256 first, and only then swapped in: the batch in
-flight finishes on the old model and every later batch uses the new one. A version
-in shadow scores a sampled share of texts on its own batcher; its answers feed the
-agreement metric and, on the Kafka path, ``Prediction.shadow_predictions`` (which the
-trainer's shadow judge reads), never a caller's answer. Versions stored in an object
-store are fetched into a local cache and verified file by file before loading.
+version is loaded and warmed up on a loader thread beside the old one (see
+:mod:`services.inference.loading`) and only then swapped in: the batch in flight
+finishes on the old model and every later batch uses the new one, queued requests
+included. A version superseded while it loads (a newer one published, or a shadow
+rejected) is discarded rather than swapped in. A version in shadow scores a sampled
+share of texts on its own batcher; its answers feed the agreement metric and, on the
+Kafka path, ``Prediction.shadow_predictions`` (which the trainer's shadow judge reads),
+never a caller's answer.
+
+Texts are tokenized once, when they are queued, by the serving version's runner; the
+queue entries carry the encodings to whichever runner ends up running them.
 """
 
 from __future__ import annotations
@@ -18,48 +22,25 @@ import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from functools import partial
 
-from sentiflow.artifacts import build_manifest, manifest_digest
+from sentiflow.config import RegistrySettings
 from sentiflow.errors import InvalidInputError, NotReadyError
-from sentiflow.modelversions import ModelState, ModelVersion
-from sentiflow.objectstore import fetch_artifact, is_s3_uri, s3_client
+from sentiflow.models.artifacts import build_manifest, manifest_digest
+from sentiflow.models.versions import ModelState, ModelVersion
 from sentiflow.v1 import events_pb2
 from services.inference import metrics
-from services.inference.backends import OnnxRunner, Prediction, TorchRunner
-from services.inference.batcher import Batcher, Item, OverloadedError, Runner, Versioned
+from services.inference.backends import Prediction, TextRunner
+from services.inference.batcher import Batcher, Item, Versioned
 from services.inference.config import InferenceOptions
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+from services.inference.loading import NOT_IN_MANIFEST, ArtifactLoader, Loader
+from services.inference.tokenization import Encoded
 
 log = logging.getLogger(__name__)
 
 Scored = Versioned[Prediction]
-RunnerFactory = Callable[[Path, str], Runner[str, Prediction]]
-# Files in a registry version directory that are not part of the published artifact.
-NOT_IN_MANIFEST = ("metadata.json",)
 # Shadow answers per position in the submitted texts (only the sampled ones).
 ShadowFutures = dict[int, Future[Scored]]
-
-
-@runtime_checkable
-class TokenCounter(Protocol):
-    def tokenize_lengths(self, texts: Sequence[str]) -> list[int]: ...
-
-
-def token_lengths(runner: object, texts: Sequence[str], max_length: int | None) -> list[int]:
-    """Token counts for batch forming, from the model's own tokenizer when it has one.
-
-    Exact counts matter: tweets full of URLs have few words but many tokens, and a
-    word-based guess grouped them so badly that padding halved throughput. The fast
-    tokenizer does 30,000 texts/s here, a few percent of the model's time.
-    """
-    if isinstance(runner, TokenCounter):
-        return runner.tokenize_lengths(texts)
-    estimate = [len(t) // 4 + 2 for t in texts]
-    return [min(n, max_length) for n in estimate] if max_length else estimate
 
 
 def sampled(text: str, share: float) -> bool:
@@ -67,60 +48,57 @@ def sampled(text: str, share: float) -> bool:
     return (zlib.crc32(text.encode("utf-8", "surrogatepass")) % 10_000) < share * 10_000
 
 
-def default_runner_factory(options: InferenceOptions) -> RunnerFactory:
-    def make(path: Path, version: str) -> Runner[str, Prediction]:
-        import torch
+def queue_items(encoded: Sequence[Encoded]) -> list[Item[Encoded]]:
+    """Batcher items whose length is the encoding's, the tensor width they will need."""
+    return [Item(e, e.tokens) for e in encoded]
 
-        use_torch = options.backend == "torch" or (
-            options.backend == "auto" and options.device != "cpu" and torch.cuda.is_available()
-        )
-        if use_torch:
-            return TorchRunner(
-                path,
-                version=version,
-                device=options.device,
-                num_threads=options.num_threads,
-                max_length=options.max_length,
-            )
-        return OnnxRunner(
-            path,
-            version=version,
-            quantize=options.quantize,
-            cache_dir=options.onnx_cache_dir,
-            num_threads=options.num_threads,
-            max_length=options.max_length,
-        )
 
-    return make
+@dataclass(frozen=True)
+class _Served:
+    info: ModelVersion
+    runner: TextRunner
 
 
 @dataclass
 class _Shadow:
     info: ModelVersion
-    batcher: Batcher[str, Prediction]
+    runner: TextRunner
+    batcher: Batcher[Encoded, Prediction]
     scored: int = 0
     agreed: int = 0
 
 
 class ModelManager:
+    """Serves the production (and shadow) version of each configured model name.
+
+    ``loader`` turns a published version into a warmed-up runner; by default it
+    fetches and verifies the artifact with ``registry``'s settings and builds the
+    runner ``options`` ask for.
+    """
+
     def __init__(
-        self, options: InferenceOptions, runner_factory: RunnerFactory | None = None
+        self,
+        options: InferenceOptions,
+        *,
+        registry: RegistrySettings | None = None,
+        loader: Loader | None = None,
     ) -> None:
         self._options = options
-        self._factory = runner_factory or default_runner_factory(options)
+        self._load = loader or ArtifactLoader(options, registry)
         self._batchers = {name: self._new_batcher(name) for name in options.models}
-        self._serving: dict[str, ModelVersion] = {}
+        self._serving: dict[str, _Served] = {}
         self._shadows: dict[str, _Shadow] = {}
         self._wanted: dict[tuple[str, str], str | None] = {}
         self._lock = threading.Lock()
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
-        self._s3: S3Client | None = None
         self.changed = threading.Condition()
 
-    def _new_batcher(self, name: str, role: str = "production") -> Batcher[str, Prediction]:
+    def _new_batcher(
+        self, name: str, role: str = "production", runner: TextRunner | None = None
+    ) -> Batcher[Encoded, Prediction]:
         o = self._options
         return Batcher(
-            None,
+            runner,
             max_batch_size=o.max_batch_size,
             max_batch_tokens=o.max_batch_tokens,
             max_delay_s=o.max_delay_ms / 1000,
@@ -141,7 +119,7 @@ class ModelManager:
 
     def serving(self) -> dict[str, ModelVersion]:
         with self._lock:
-            return dict(self._serving)
+            return {name: served.info for name, served in self._serving.items()}
 
     def shadows(self) -> dict[str, ModelVersion]:
         with self._lock:
@@ -188,46 +166,64 @@ class ModelManager:
 
     def _load_if_still_wanted(self, info: ModelVersion, role: str) -> None:
         with self._lock:
-            if self._wanted.get((info.model, role)) != info.version:
+            if self._superseded(info, role):
                 return  # a newer version was published while this one waited
         try:
-            self.install(info, role)
+            runner = self._load(info)
         except Exception:
             metrics.LOAD_FAILURES.labels(info.model).inc()
             log.exception("cannot serve %s %s as %s", info.model, info.version, role)
+            return
+        if not self._swap_in(info, role, runner, unless_superseded=True):
+            log.info("%s %s was superseded while it loaded", info.model, info.version)
 
     def install(self, info: ModelVersion, role: str) -> None:
-        """Verify, load, warm up, then swap in (blocking; runs on the loader thread)."""
-        if not info.sha256:
-            raise ValueError(f"{info.model} {info.version}: published without a sha256")
-        if is_s3_uri(info.artifact_uri) and self._s3 is None:
-            self._s3 = s3_client(self._options.s3)
-        path = fetch_artifact(
-            info.artifact_uri,
-            info.sha256,
-            cache_dir=self._options.artifact_cache_dir,
-            client=self._s3,
-            exclude=NOT_IN_MANIFEST,
-        )
-        runner = self._factory(path, info.version)
-        runner(["warm-up"])  # first call allocates; keep that off the request path
-        if role == "production":
-            self._batchers[info.model].swap(runner)
-            with self._lock:
-                self._serving[info.model] = info
-        else:
-            batcher = self._new_batcher(info.model, "shadow")
-            batcher.swap(runner)
-            with self._lock:
-                old = self._shadows.get(info.model)
-                self._shadows[info.model] = _Shadow(info, batcher)
-            if old is not None:
-                old.batcher.close(drain=False)
+        """Load, warm up, then swap in (blocking); raises, still serving the old, on failure."""
+        self._swap_in(info, role, self._load(info))
+
+    def _superseded(self, info: ModelVersion, role: str) -> bool:
+        """Whether a later publication replaced ``info`` in ``role``; the lock is held."""
+        return self._wanted.get((info.model, role)) != info.version
+
+    def _swap_in(
+        self, info: ModelVersion, role: str, runner: TextRunner, *, unless_superseded: bool = False
+    ) -> bool:
+        """Serve ``runner`` as ``info``; False if ``unless_superseded`` and it was.
+
+        The check and the swap happen under the lock ``on_change`` records publications
+        under, so a newer version or a rejection published meanwhile always wins.
+        """
+        swap = self._swap_production if role == "production" else self._swap_shadow
+        if not swap(info, runner, unless_superseded):
+            return False
         metrics.SWAPS.labels(info.model, role).inc()
         self._export_info()
         log.info("serving %s %s as %s", info.model, info.version, role)
         with self.changed:
             self.changed.notify_all()
+        return True
+
+    def _swap_production(
+        self, info: ModelVersion, runner: TextRunner, unless_superseded: bool
+    ) -> bool:
+        with self._lock:
+            if unless_superseded and self._superseded(info, "production"):
+                return False
+            # No waiting for the old model's batch in flight: nothing here frees it.
+            self._batchers[info.model].swap(runner, wait=False)
+            self._serving[info.model] = _Served(info, runner)
+        return True
+
+    def _swap_shadow(self, info: ModelVersion, runner: TextRunner, unless_superseded: bool) -> bool:
+        shadow = _Shadow(info, runner, self._new_batcher(info.model, "shadow", runner))
+        with self._lock:
+            stale = unless_superseded and self._superseded(info, "shadow")
+            retired = shadow if stale else self._shadows.get(info.model)
+            if not stale:
+                self._shadows[info.model] = shadow
+        if retired is not None:
+            retired.batcher.close(drain=False)
+        return not stale
 
     def _drop_shadow(self, model: str) -> None:
         with self._lock:
@@ -291,37 +287,14 @@ class ModelManager:
         """Queue texts on ``model``'s production batcher and, for the sampled share, on
         its shadow; the shadow futures are keyed by position in ``texts``."""
         with self._lock:
-            ready = model in self._serving
-        if not ready:
-            raise NotReadyError(f"no model version published yet for {model}")
-        batcher = self._batchers[model]
-        lengths = token_lengths(batcher.runner, texts, self._options.max_length)
-        items = [Item(t, n) for t, n in zip(texts, lengths, strict=True)]
-        futures = batcher.submit(items, block=block, timeout=timeout, urgent=urgent)
-        return futures, self._shadow_score(model, texts, items, futures)
-
-    def _shadow_score(
-        self,
-        model: str,
-        texts: Sequence[str],
-        items: Sequence[Item[str]],
-        production: list[Future[Scored]],
-    ) -> ShadowFutures:
-        with self._lock:
+            served = self._serving.get(model)
             shadow = self._shadows.get(model)
-        if shadow is None:
-            return {}
-        picked = [i for i, t in enumerate(texts) if sampled(t, shadow.info.shadow_share)]
-        if not picked:
-            return {}
-        try:
-            futures = shadow.batcher.submit([items[i] for i in picked], block=False)
-        except (OverloadedError, Exception):
-            metrics.ERRORS.labels("shadow_skipped").inc()
-            return {}
-        for i, future in zip(picked, futures, strict=True):
-            _when_both_done(production[i], future, lambda p, c: _record_agreement(shadow, p, c))
-        return dict(zip(picked, futures, strict=True))
+        if served is None:
+            raise NotReadyError(f"no model version published yet for {model}")
+        items = queue_items(served.runner.encode(texts))
+        batcher = self._batchers[model]
+        futures = batcher.submit(items, block=block, timeout=timeout, urgent=urgent)
+        return futures, _shadow_score(shadow, texts, items, futures)
 
     def close(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)
@@ -329,6 +302,31 @@ class ModelManager:
             batcher.close(drain=True, timeout=10)
         for shadow in list(self._shadows.values()):
             shadow.batcher.close(drain=False)
+
+
+def _shadow_score(
+    shadow: _Shadow | None,
+    texts: Sequence[str],
+    items: Sequence[Item[Encoded]],
+    production: Sequence[Future[Scored]],
+) -> ShadowFutures:
+    """Queue the sampled texts on the shadow, reusing their encodings where it can."""
+    if shadow is None:
+        return {}
+    picked = [i for i, t in enumerate(texts) if sampled(t, shadow.info.shadow_share)]
+    if not picked:
+        return {}
+    try:
+        encoded = shadow.runner.adopt([items[i].payload for i in picked])
+        futures = shadow.batcher.submit(queue_items(encoded), block=False)
+    except Exception as exc:
+        # A shadow must never fail, or hold up, the production answer it rides along with.
+        metrics.ERRORS.labels("shadow_skipped").inc()
+        log.debug("shadow %s skipped %d texts: %r", shadow.info.version, len(picked), exc)
+        return {}
+    for i, future in zip(picked, futures, strict=True):
+        _when_both_done(production[i], future, partial(_record_agreement, shadow))
+    return dict(zip(picked, futures, strict=True))
 
 
 def _when_both_done(

@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
-from sentiflow.modeling import build_classifier, default_base_path
+from sentiflow.models.location import open_registry
+from sentiflow.models.modeling import build_classifier, default_base_path
+from sentiflow.models.registry import ModelRegistry, VersionInfo
 from services.trainer.data import (
     SEED_DATA_DIR,
     SEED_LABEL_MAP,
@@ -25,8 +27,8 @@ from services.trainer.data import (
     stratified_split,
     subset,
 )
-from services.trainer.finetune import TrainConfig, evaluate, train
-from services.trainer.registry import ModelRegistry, VersionInfo, open_registry
+from services.trainer.finetune import evaluate, train
+from services.trainer.recipe import TrainConfig
 
 DEFAULT_MODEL_NAME = "sentiment"
 EVAL_SET = "seed_valid"

@@ -8,14 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from sentiflow.models.registry import ModelRegistry
     from services.trainer.config import TrainerSettings
-    from services.trainer.registry import ModelRegistry, VersionInfo
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,9 +82,9 @@ def _settings() -> TrainerSettings:
 def _bootstrap(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from sentiflow.models.publish import Publisher
     from services.trainer.bootstrap import DataOptions, bootstrap
-    from services.trainer.finetune import TrainConfig
-    from services.trainer.publish import Publisher
+    from services.trainer.recipe import TrainConfig
 
     settings = _settings()
     config = TrainConfig() if args.epochs is None else replace(TrainConfig(), epochs=args.epochs)
@@ -111,9 +109,9 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
 
 def _registry(settings: TrainerSettings | None = None) -> ModelRegistry:
-    from services.trainer.registry import registry_from_options
+    from sentiflow.models.location import open_registry
 
-    return registry_from_options((settings or _settings()).trainer)
+    return open_registry((settings or _settings()).registry)
 
 
 def _models_list(args: argparse.Namespace) -> int:
@@ -129,7 +127,7 @@ def _models_show(args: argparse.Namespace) -> int:
 
 
 def _promote(model: str, version: str, reason: str) -> int:
-    from services.trainer.publish import Publisher, promote
+    from sentiflow.models.publish import Publisher, promote
 
     settings = _settings()
     promote(_registry(settings), Publisher(settings.kafka, settings.topics), model, version, reason)
@@ -141,20 +139,9 @@ def _models_promote(args: argparse.Namespace) -> int:
     return _promote(args.model, args.version, "promoted by an operator")
 
 
-def previous_production(versions: Sequence[VersionInfo], current: str | None) -> str | None:
-    """The version that was production most recently before the current one."""
-    best: tuple[str, str] | None = None
-    for info in versions:
-        if info.version == current:
-            continue
-        history = info.metadata.get("stage_history", [])
-        times = [str(h.get("at", "")) for h in history if h.get("stage") == "production"]
-        if times and (best is None or max(times) > best[0]):
-            best = (max(times), info.version)
-    return None if best is None else best[1]
-
-
 def _models_rollback(args: argparse.Namespace) -> int:
+    from sentiflow.models.registry import previous_production
+
     registry = _registry()
     current = registry.production(args.model)
     version = args.version or previous_production(
@@ -169,4 +156,4 @@ def _models_rollback(args: argparse.Namespace) -> int:
 def _serve(_args: argparse.Namespace) -> int:
     from services.trainer.main import main
 
-    return main(threading.Event())
+    return main()

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from sentiflow.artifacts import file_sha256
+from sentiflow.models.artifacts import file_sha256
 
 SEED_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "twitter-financial-news"
 SEED_LABEL_MAP: Mapping[str, str] = {"0": "negative", "1": "positive", "2": "neutral"}

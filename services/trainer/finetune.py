@@ -16,63 +16,19 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sentiflow.modeling import label_names
-from services.trainer.metrics import classification_report
-
-Schedule = Literal["linear", "cosine", "constant"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+from sentiflow.models.modeling import label_names
+from sentiflow.models.scores import classification_report
+from services.trainer.recipe import Precision, Schedule, TrainConfig
 
 # Texts per length-sorted pool: large enough that neighbours have nearly equal length,
 # small enough that batch composition still changes from epoch to epoch.
 _BUCKET_BATCHES = 50
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of one training run.
-
-    The defaults are the bootstrap recipe measured for all-MiniLM-L6-v2 on the seed
-    tweets (train.csv only, scored on valid.csv): accuracy 0.878, macro-F1 0.834 after
-    2 epochs, in 282 s end to end with bf16 autocast and 429 s in fp32 on two CPU
-    cores. One epoch reached 0.861 and 1.5 epochs 0.865, too close to the 0.84 bar.
-    """
-
-    epochs: float = 2.0
-    learning_rate: float = 1e-4
-    batch_size: int = 32
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
-    max_length: int = 64
-    seed: int = 13
-    max_grad_norm: float = 1.0
-    schedule: Schedule = "linear"
-    head_lr_multiplier: float = 1.0
-    precision: Precision = "auto"
-    cpu_bf16: bool = True
-    length_bucketing: bool = True
-    eval_batch_size: int = 128
-    torch_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs <= 0:
-            raise ValueError("epochs must be positive")
-        if self.learning_rate <= 0:
-            raise ValueError("learning_rate must be positive")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("batch sizes must be at least 1")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError("warmup_ratio must be in [0, 1)")
-        if self.max_length < 2:
-            raise ValueError("max_length must be at least 2")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,10 @@ class GateConfig:
     # left out of the comparison (the feedback hold-out is small in early rounds).
     min_holdout: int = 30
 
+    def __post_init__(self) -> None:
+        if self.min_holdout < 1:
+            raise ValueError("min_holdout must be at least 1")
+
 
 @dataclass(frozen=True)
 class Verdict:

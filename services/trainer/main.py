@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 
+from sentiflow.health import HealthServer
 from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.logs import setup_logging
-from sentiflow.metrics import HealthServer
+from sentiflow.models.location import open_registry
+from sentiflow.models.publish import Publisher
 from services.trainer.config import TrainerSettings
 from services.trainer.data import load_seed_split
-from services.trainer.publish import Publisher
-from services.trainer.registry import registry_from_options
 from services.trainer.service import Trainer
 
 log = logging.getLogger(__name__)
@@ -21,19 +21,16 @@ def build(settings: TrainerSettings) -> Trainer:
     options = settings.trainer
     return Trainer(
         settings,
-        registry_from_options(options),
+        open_registry(settings.registry),
         Publisher(settings.kafka, settings.topics),
         load_seed_split("train", options.seed_data),
         load_seed_split("valid", options.seed_data),
     )
 
 
-def main(stop: threading.Event) -> int:
-    settings = TrainerSettings()
-    setup_logging("trainer", settings.log_level, settings.log_format)
-    install_stop_handlers(stop)
+def run(settings: TrainerSettings, stop: threading.Event) -> int:
     trainer = build(settings)
-    registry = registry_from_options(settings.trainer)
+    registry = open_registry(settings.registry)
 
     def readiness() -> tuple[bool, dict[str, object]]:
         # Ready with a production version and once training.examples was read to its
@@ -52,3 +49,11 @@ def main(stop: threading.Event) -> int:
     finally:
         health.stop()
     return 0
+
+
+def main() -> int:
+    settings = TrainerSettings()
+    setup_logging("trainer", settings.log_level, settings.log_format)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    return run(settings, stop)

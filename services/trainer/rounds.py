@@ -15,32 +15,18 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from sentiflow.models.registry import ModelRegistry, Stage, VersionInfo
 from services.trainer.data import in_holdout
 from services.trainer.examples import Example
-from services.trainer.finetune import TrainConfig, evaluate, train
-from services.trainer.gate import FEEDBACK_SET, SEED_SET, GateConfig, Verdict, decide
-from services.trainer.registry import ModelRegistry, Stage, VersionInfo
+from services.trainer.finetune import evaluate, train
+from services.trainer.gate import FEEDBACK_SET, SEED_SET, Verdict, decide
+from services.trainer.recipe import RoundConfig
 
 Texts = list[str]
 Labels = list[str]
-
-
-@dataclass(frozen=True)
-class RoundConfig:
-    min_new_examples: int = 200
-    max_interval_s: float = 3600.0
-    holdout_fraction: float = 0.2
-    replay_ratio: float = 1.0  # replayed examples per new example
-    seed: int = 13
-    # Fine-tuning from a trained model: fewer epochs and a smaller step than bootstrap.
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(epochs=2.0, learning_rate=3e-5, warmup_ratio=0.1)
-    )
-    gate: GateConfig = field(default_factory=GateConfig)
-    promote_to: Stage = "production"  # or "shadow": promote later, after agreement data
 
 
 def should_run(pending: int, seconds_since_last: float, config: RoundConfig) -> bool:

@@ -11,48 +11,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
 
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
-from prometheus_client import Counter, Gauge, Histogram
 
 from sentiflow.follow import TopicFollower
+from sentiflow.models.publish import Publisher
+from sentiflow.models.registry import ModelRegistry
 from sentiflow.v1 import events_pb2
+from services.trainer import metrics
 from services.trainer.config import TrainerSettings
 from services.trainer.examples import Example, ExampleStore
-from services.trainer.finetune import TrainConfig
-from services.trainer.gate import GateConfig
-from services.trainer.publish import Publisher
-from services.trainer.registry import ModelRegistry
-from services.trainer.rounds import RoundConfig, RoundResult, plan, run_round, should_run
+from services.trainer.rounds import RoundResult, plan, run_round, should_run
 from services.trainer.shadow import ShadowService
 
 log = logging.getLogger(__name__)
 
-ROUNDS = Counter("sentiflow_trainer_rounds", "fine-tuning rounds by outcome", ["outcome"])
-ROUND_SECONDS = Histogram(
-    "sentiflow_trainer_round_seconds", "round wall time", buckets=(10, 30, 60, 120, 180, 300, 600)
-)
-PENDING = Gauge("sentiflow_trainer_pending_examples", "settled examples not yet trained on")
-EXAMPLES = Gauge("sentiflow_trainer_examples", "settled examples known")
-
-
-def round_config(settings: TrainerSettings) -> RoundConfig:
-    o = settings.trainer
-    return RoundConfig(
-        min_new_examples=o.min_new_examples,
-        max_interval_s=o.max_interval_s,
-        holdout_fraction=o.holdout_fraction,
-        replay_ratio=o.replay_ratio,
-        train=replace(
-            TrainConfig(), epochs=o.epochs, learning_rate=o.learning_rate, warmup_ratio=0.1
-        ),
-        gate=GateConfig(
-            min_improvement=o.min_improvement, tolerance=o.tolerance, min_holdout=o.min_holdout
-        ),
-        promote_to=o.promote_to,
-    )
 
 
 class ExampleReader:
@@ -102,11 +76,11 @@ class Trainer:
         self._publisher = publisher
         self._seed_train = seed_train
         self._seed_valid = seed_valid
-        self._config = round_config(settings)
+        self._config = settings.trainer.rounds
         self.reader = ExampleReader(settings, ExampleStore(self._options.model))
         self.shadow = (
             ShadowService(settings.kafka, settings.topics, self._options, registry, publisher)
-            if self._options.promote_to == "shadow"
+            if self._options.rounds.promote_to == "shadow"
             else None
         )
         self.last_result: RoundResult | None = None
@@ -154,8 +128,8 @@ class Trainer:
                 with self.reader.lock:
                     pending = self.reader.store.pending(through)
                     everything = self.reader.store.all()
-                PENDING.set(len(pending))
-                EXAMPLES.set(len(everything))
+                metrics.PENDING.set(len(pending))
+                metrics.EXAMPLES.set(len(everything))
                 if time.time() < retry_after or not should_run(
                     len(pending), time.time() - last_round, self._config
                 ):
@@ -197,10 +171,10 @@ class Trainer:
         try:
             result = run_round(self._registry, model, data, self._seed_valid, self._config)
         except Exception:
-            ROUNDS.labels("failed").inc()
+            metrics.ROUNDS.labels("failed").inc()
             raise
-        ROUNDS.labels("promoted" if result.verdict.promote else "rejected").inc()
-        ROUND_SECONDS.observe(result.seconds)
+        metrics.ROUNDS.labels("promoted" if result.verdict.promote else "rejected").inc()
+        metrics.ROUND_SECONDS.observe(result.seconds)
         self._publisher.publish(result.version, self._options.shadow_share)
         log.info(
             "round done: %s %s (%s)",

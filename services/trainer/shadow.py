@@ -26,50 +26,29 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
-from prometheus_client import Counter
 
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.follow import TopicFollower
+from sentiflow.models.publish import Publisher, promote
+from sentiflow.models.registry import ModelRegistry, VersionInfo
 from sentiflow.v1 import events_pb2
-from services.trainer.config import TrainerOptions
-from services.trainer.publish import Publisher, promote
-from services.trainer.registry import ModelRegistry, VersionInfo
+from services.trainer import metrics
+from services.trainer.recipe import JudgeConfig
+
+if TYPE_CHECKING:
+    from services.trainer.config import TrainerOptions
 
 log = logging.getLogger(__name__)
 
-DECISIONS = Counter(
-    "sentiflow_trainer_shadow_decisions", "shadow versions promoted or rejected", ["action"]
-)
 
 Action = Literal["wait", "promote", "reject"]
 # Accuracies are ratios of counts: a difference equal to the tolerance must count as
 # within it, not fall outside by a rounding error.
 _EPSILON = 1e-9
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    min_scored: int = 500
-    min_labelled: int = 100
-    accuracy_tolerance: float = 0.01
-    min_agreement: float = 0.9
-    reject_agreement: float = 0.7
-    max_scored: int = 20_000
-
-    @classmethod
-    def from_options(cls, options: TrainerOptions) -> JudgeConfig:
-        return cls(
-            min_scored=options.shadow_min_scored,
-            min_labelled=options.shadow_min_labelled,
-            accuracy_tolerance=options.shadow_accuracy_tolerance,
-            min_agreement=options.shadow_min_agreement,
-            reject_agreement=options.shadow_reject_agreement,
-            max_scored=options.shadow_max_scored,
-        )
 
 
 @dataclass(frozen=True)
@@ -196,7 +175,7 @@ class ShadowService:
         registry: ModelRegistry,
         publisher: Publisher,
     ) -> None:
-        self.judge = ShadowJudge(options.model, JudgeConfig.from_options(options))
+        self.judge = ShadowJudge(options.model, options.shadow)
         self._registry = registry
         self._publisher = publisher
         self._done: set[str] = set()
@@ -259,7 +238,7 @@ class ShadowService:
             else:
                 changed = self._registry.set_stage(model, version, "rejected", decision.reason)
                 self._publisher.publish(changed)
-            DECISIONS.labels(decision.action).inc()
+            metrics.SHADOW_DECISIONS.labels(decision.action).inc()
             log.info("shadow %s %s: %s (%s)", model, version, decision.action, decision.reason)
             self._done.add(version)
             self.judge.forget(version)

@@ -5,20 +5,20 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from sentiflow.cli import build_parser
 from services.alerting.config import AlertingOptions, AlertingSettings
+from stack.cli import build_parser
 
 
 def test_environment_configures_detection_and_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SENTIFLOW_ALERTING__WINDOW_S", "600")
-    monkeypatch.setenv("SENTIFLOW_ALERTING__LONG_WINDOW_S", "1800")
+    monkeypatch.setenv("SENTIFLOW_ALERTING__DETECTOR__WINDOW_S", "600")
+    monkeypatch.setenv("SENTIFLOW_ALERTING__DETECTOR__LONG_WINDOW_S", "1800")
     monkeypatch.setenv("SENTIFLOW_ALERTING__BY_SOURCE", "true")
     monkeypatch.setenv(
         "SENTIFLOW_ALERTING__WEBHOOKS",
         '[{"url": "https://hooks.example/a?token=t", "secret": "hush-42"}]',
     )
     options = AlertingSettings().alerting
-    config = options.detector_config()
+    config = options.detector
     assert (config.window_s, config.long_window_s, options.by_source) == (600, 1800, True)
     [hook] = options.webhooks
     assert hook.secret is not None
@@ -29,9 +29,11 @@ def test_environment_configures_detection_and_webhooks(monkeypatch: pytest.Monke
 @pytest.mark.parametrize(
     "bad",
     [
-        {"window_s": 301},  # not a multiple of the hop
-        {"long_window_s": 600, "window_s": 400, "hop_s": 100},  # not a multiple of the window
-        {"share_floor": 1.5},
+        {"detector": {"window_s": 301}},  # not a multiple of the hop
+        # not a multiple of the window
+        {"detector": {"long_window_s": 600, "window_s": 400, "hop_s": 100}},
+        {"detector": {"share_floor": 1.5}},
+        {"detector": {"no_such_setting": 1}},
         {"webhooks": [{"url": "ftp://example.com/x"}]},
     ],
 )

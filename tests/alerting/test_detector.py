@@ -22,7 +22,7 @@ from services.alerting.detector import (
     severity_for,
     signed_root_deviance,
 )
-from tests.alerting import scenario as sc
+from tests.support.alerting import scenario as sc
 
 
 def run(detector: Detector, docs: list[sc.Doc], start_seq: int = 0) -> list[AlertEvent]:
@@ -58,7 +58,7 @@ def summary(alerts: list[AlertEvent]) -> list[tuple[str, str, int, int]]:
 
 
 def scenario_alerts(**overrides: object) -> tuple[Detector, list[AlertEvent]]:
-    detector = Detector(sc.options(**overrides).detector_config())
+    detector = Detector(sc.options(**overrides).detector)
     return detector, run(detector, sc.documents())
 
 
@@ -170,7 +170,7 @@ def _entity_stream(
 
 
 def test_a_new_entity_is_judged_against_the_prior_not_its_noise() -> None:
-    config = sc.options().detector_config()
+    config = sc.options().detector
     # A newcomer whose ordinary share is 30% (twice the prior): the prior's weight
     # keeps its first windows from alerting, then its own history takes over.
     newcomer = _entity_stream("NEW", range(0, 120), 12, {m: 0.3 for m in range(120)})
@@ -185,9 +185,9 @@ def test_the_absolute_floor_and_the_lift_gate_raising() -> None:
     docs = _entity_stream(
         "E", range(0, 120), 40, {m: (0.12 if m >= 80 else 0.03) for m in range(120)}
     )
-    config = sc.options(prior_share=0.03).detector_config()
+    config = sc.options(prior_share=0.03).detector
     assert not run(Detector(config), docs)
-    lowered = sc.options(prior_share=0.03, share_floor=0.1).detector_config()
+    lowered = sc.options(prior_share=0.03, share_floor=0.1).detector
     assert [a.kind for a in run(Detector(lowered), docs)][:1] == ["raised"]
 
 
@@ -199,7 +199,7 @@ def test_severity_follows_the_lift() -> None:
 
 
 def test_duplicate_sequence_numbers_are_not_counted_twice() -> None:
-    detector = Detector(sc.options().detector_config())
+    detector = Detector(sc.options().detector)
     docs = _entity_stream("E", range(0, 20), 12, {})
     run(detector, docs)
     before = detector.window_stats(("E", ""), sc.minute_ms(15))
@@ -209,14 +209,14 @@ def test_duplicate_sequence_numbers_are_not_counted_twice() -> None:
 
 
 def test_events_older_than_any_future_window_are_expired() -> None:
-    detector = Detector(sc.options().detector_config())
+    detector = Detector(sc.options().detector)
     run(detector, _entity_stream("E", range(0, 200), 2, {}))
     assert not detector.observe(Observation("E", sc.minute_ms(10), True, seq=10_000))
     assert detector.stats.expired == 1
 
 
 def test_a_jump_far_ahead_in_event_time_is_cheap() -> None:
-    detector = Detector(sc.options().detector_config())
+    detector = Detector(sc.options().detector)
     run(detector, _entity_stream("E", range(0, 30), 12, {}))
     year_ms = 365 * 24 * 3600 * 1000
     detector.observe(Observation("E", sc.minute_ms(30) + year_ms, False, seq=99_999))
@@ -225,7 +225,7 @@ def test_a_jump_far_ahead_in_event_time_is_cheap() -> None:
 
 
 def test_counts_in_bulk_match_documents_one_by_one() -> None:
-    config = sc.options().detector_config()
+    config = sc.options().detector
     docs = _entity_stream("E", range(0, 150), 12, {m: 0.6 for m in range(90, 100)})
     singles = Detector(config)
     one_by_one = run(singles, docs)
@@ -322,7 +322,7 @@ def test_restore_then_replay_gives_the_uninterrupted_result(cut: int, replay: in
     """Crash after ``cut`` documents, restart from the replicated state, re-read the
     last ``replay`` documents (uncommitted input) and go on: same alerts, no double
     counting, nothing lost."""
-    config = sc.options().detector_config()
+    config = sc.options().detector
     docs = sc.documents()
     _, expected = scenario_alerts()
     first = Detector(config, outbox=True)
@@ -344,7 +344,7 @@ def test_restore_then_replay_gives_the_uninterrupted_result(cut: int, replay: in
 
 
 def test_an_unacknowledged_alert_survives_a_restart_in_the_outbox() -> None:
-    config = sc.options().detector_config()
+    config = sc.options().detector
     detector = Detector(config, outbox=True)
     table: dict[str, JsonValue] = {}
     docs = sc.documents()
@@ -364,7 +364,7 @@ def test_an_unacknowledged_alert_survives_a_restart_in_the_outbox() -> None:
 
 
 def test_pruned_state_is_deleted_from_the_changelog() -> None:
-    detector = Detector(sc.options().detector_config())
+    detector = Detector(sc.options().detector)
     table: dict[str, JsonValue] = {}
     for seq, doc in enumerate(_entity_stream("E", range(0, 300), 2, {})):
         detector.observe(observation(doc, seq))

@@ -10,7 +10,7 @@ from sentiflow.kafka import Record
 from sentiflow.v1 import events_pb2
 from services.alerting.detector import AlertEvent, Example, JsonValue
 from services.alerting.processor import Processor, Step, alert_message, records_of
-from tests.alerting import scenario as sc
+from tests.support.alerting import scenario as sc
 
 TOPIC = "docs.scored"
 

@@ -11,18 +11,18 @@ from typing import cast
 
 import pytest
 
-from sentiflow import devstack
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.dlq import reason_name
 from sentiflow.kafka import Output, make_producer, produce_and_wait
+from sentiflow.readback import read_topic
 from sentiflow.topics import admin_client, create_topics, topic_specs
 from sentiflow.v1 import events_pb2
 from services.alerting.config import WebhookTarget
 from services.alerting.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, verify
-from tests.alerting import scenario as sc
-from tests.alerting.webhook_server import Receiver, serving
-from tests.alerting.worker import Metrics, Worker, total
-from tests.kafkautil import read_topic
+from stack import devstack
+from tests.support.alerting import scenario as sc
+from tests.support.alerting.webhook_server import Receiver, serving
+from tests.support.alerting.worker import Metrics, Worker, total
 
 pytestmark = pytest.mark.integration
 

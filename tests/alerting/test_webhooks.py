@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from sentiflow import devstack
 from sentiflow.v1 import events_pb2
 from services.alerting.config import WebhookTarget
 from services.alerting.detector import AlertEvent, Example
@@ -22,7 +21,8 @@ from services.alerting.webhooks import (
     deliver,
     verify,
 )
-from tests.alerting.webhook_server import Receiver, serving
+from stack import devstack
+from tests.support.alerting.webhook_server import Receiver, serving
 
 SECRET = "s3cret"
 FAST = RetryPolicy(attempts=4, backoff_s=0.5, backoff_max_s=2.0, timeout_s=2.0)

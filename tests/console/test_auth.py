@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr
-
-from services.console.auth import SESSION_COOKIE, Access, bearer, key_name
+from sentiflow.apikeys import api_keys, key_name
+from services.console.auth import SESSION_COOKIE, Access, bearer
 
 
 class Clock:
@@ -17,7 +16,7 @@ class Clock:
 
 def access(clock: Clock | None = None) -> Access:
     return Access(
-        [SecretStr("reader-key")], [SecretStr("ops-key")], session_ttl_s=60, clock=clock or Clock()
+        api_keys(["reader-key"]), api_keys(["ops-key"]), session_ttl_s=60, clock=clock or Clock()
     )
 
 
@@ -43,6 +42,30 @@ def test_bearer_keys_and_operator_keys() -> None:
     ops = a.authenticate({"Authorization": "bearer ops-key"}, {})
     assert ops is not None
     assert ops.operator
+
+
+def test_a_named_key_is_known_by_its_user_and_stays_out_of_the_repr() -> None:
+    a = Access(
+        api_keys([{"key": "alice-key", "user": "alice"}]),
+        api_keys([{"key": "root-key", "user": "ops"}]),
+        session_ttl_s=60,
+    )
+    alice = a.authenticate({"Authorization": "Bearer alice-key"}, {})
+    assert alice is not None
+    assert (alice.name, alice.operator) == ("alice", False)
+    ops = a.check_key("root-key")
+    assert ops is not None
+    assert (ops.name, ops.operator) == ("ops", True)
+    assert "alice-key" not in repr(alice)
+    assert "root-key" not in repr(ops)
+
+
+def test_a_key_no_client_was_given_is_refused_not_an_error() -> None:
+    a = access()
+    for strange in ("reader-kéy", "ключ", "reader-key\udc80", "", "reader-key\x00"):
+        assert a.check_key(strange) is None
+        assert a.login(strange) is None
+        assert a.authenticate({"Authorization": f"Bearer {strange}"}, {}) is None
 
 
 def test_sessions_expire_and_log_out() -> None:

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from sentiflow.readback import read_topic
 from sentiflow.v1 import events_pb2
-from tests.conftest import REPO_ROOT
-from tests.console.conftest import ConsoleEnv, key, prediction, timestamp
-from tests.feedback.harness import read_all, wait_for
+from tests.support.console import ConsoleEnv, key, prediction, timestamp
+from tests.support.feedback import wait_for
+from tests.support.paths import REPO_ROOT
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page
@@ -151,7 +152,7 @@ def test_live_stream_and_a_correction_that_settles(
         topic = console_env.topic(console_env.settings.topics.feedback_events)
 
         def recorded() -> events_pb2.Feedback | None:
-            for msg in read_all(console_env.kafka, topic):
+            for msg in read_topic(console_env.kafka, topic):
                 event = events_pb2.Feedback()
                 event.ParseFromString(msg.value() or b"")
                 if event.doc_id == doc_id:

@@ -18,11 +18,12 @@ from urllib.parse import urlparse
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from sentiflow import devstack
+from sentiflow.readback import read_topic
 from sentiflow.v1 import events_pb2
 from services.console.main import run
-from tests.console.conftest import SIGNAL_BURST, ConsoleEnv, key, prediction, timestamp
-from tests.feedback.harness import read_all, wait_for, wait_until
+from stack import devstack
+from tests.support.console import SIGNAL_BURST, ConsoleEnv, key, prediction, timestamp
+from tests.support.feedback import wait_for, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +82,7 @@ def test_health_and_readiness(console_env: ConsoleEnv) -> None:
     assert ready.status == 200
     assert ready.body["ready"] is True
     assert ready.body["feedback"] == "ok"
-    assert ready.body["redis"] == "ok"
+    assert ready.body["degraded"] is False
     scored = console_env.topic(console_env.settings.topics.docs_scored)
     assert ready.body["topics"][scored]["partitions"] == 4
 
@@ -168,7 +169,7 @@ def test_a_correction_becomes_a_feedback_event_and_settles(console_env: ConsoleE
     events_topic = console_env.topic(console_env.settings.topics.feedback_events)
 
     def sent() -> events_pb2.Feedback | None:
-        for msg in read_all(console_env.kafka, events_topic):
+        for msg in read_topic(console_env.kafka, events_topic):
             event = events_pb2.Feedback()
             event.ParseFromString(msg.value() or b"")
             if event.event_id == event_id:
@@ -286,14 +287,27 @@ def test_review_queue_lists_the_least_confident_first(console_env: ConsoleEnv) -
     assert first["label"] == "negative"
     assert first["text"] == closer.document.text
     assert [d["margin"] for d in queue] == sorted(d["margin"] for d in queue)
+    assert first["scores"] == {"negative": 0.34, "neutral": 0.33, "positive": 0.33}
+    assert (first["model"], first["version"], first["entities"]) == ("sentiment", "v0001", ["ACME"])
+    assert first["margin"] == pytest.approx(0.01)
+
+
+def test_review_queue_errors_are_the_feedback_services(console_env: ConsoleEnv) -> None:
+    assert console_env.http("GET", "/api/review?limit=many").status == 401
+    assert console_env.http("GET", "/api/review?limit=many", api_key=key("bob")).status == 400
+    bad_model = console_env.http("GET", "/api/review?model=a%00b", api_key=key("bob"))
+    assert bad_model.status == 400
+    assert "model" in bad_model.body["error"]
+    nothing = console_env.get("/api/review?model=no-such-model")
+    assert nothing == {"model": "no-such-model", "documents": []}
 
 
 def _registry_versions(env: ConsoleEnv) -> list[str]:
     """Two versions in the registry the console reads, the first in production."""
-    from services.trainer.registry import registry_from_options
-    from tests.test_modeling import make_tiny_classifier
+    from sentiflow.models.location import open_registry
+    from tests.support.classifier import make_tiny_classifier
 
-    registry = registry_from_options(env.settings.trainer)
+    registry = open_registry(env.settings.registry)
     tiny = make_tiny_classifier(env.tmp / "tiny")
     first = registry.save(
         "sentiment", *tiny, {"metrics": {"accuracy": 0.81}}, stage="production", reason="seed"
@@ -371,6 +385,9 @@ def test_without_feedback_the_console_serves_degraded(console_env: ConsoleEnv) -
         down = other.http("POST", f"/api/documents/{p.document.id}/feedback", {"kind": "confirm"})
         assert down.status == 503
         assert "feedback service is unavailable" in down.body["error"]
+        review = other.http("GET", "/api/review")
+        assert review.status == 503
+        assert "feedback service is unavailable" in review.body["error"]
         assert other.get("/api/documents?entity=ACME&limit=500", api_key=None)["documents"]
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as r:

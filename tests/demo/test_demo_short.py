@@ -129,7 +129,7 @@ def test_short_demo_alerts_serves_the_console_and_leaves_nothing_running(
     argv = [
         sys.executable,
         "-m",
-        "sentiflow.cli",
+        "stack.cli",
         "demo",
         "--short",
         "--registry",

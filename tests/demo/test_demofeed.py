@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sentiflow.demofeed import (
+from services.alerting.config import AlertingOptions
+from services.trainer.data import SEED_DATA_DIR
+from stack.demofeed import (
     AlertWindows,
     FeedConfig,
     SeedRow,
@@ -18,8 +20,6 @@ from sentiflow.demofeed import (
     split_pools,
     training_subset,
 )
-from services.alerting.config import AlertingOptions
-from services.trainer.data import SEED_DATA_DIR
 
 ROWS = [
     SeedRow("$X falls after weak guidance", "0"),
@@ -95,12 +95,15 @@ def test_feed_config_rejects_an_unknown_spike_entity() -> None:
 
 def test_alerting_env_is_a_valid_alerting_configuration() -> None:
     env = alerting_env(AlertWindows())
-    fields = {k.removeprefix("SENTIFLOW_ALERTING__").lower(): int(v) for k, v in env.items()}
-    options = AlertingOptions.model_validate(fields)  # validates the detector's rules
-    assert options.window_s < AlertingOptions().window_s
+    prefix = "SENTIFLOW_ALERTING__DETECTOR__"
+    assert all(k.startswith(prefix) for k in env)
+    fields = {k.removeprefix(prefix).lower(): int(v) for k, v in env.items()}
+    # Validates the detector's rules.
+    detector = AlertingOptions.model_validate({"detector": fields}).detector
+    assert detector.window_s < AlertingOptions().detector.window_s
     # The thresholds stay the service's own.
-    assert options.min_negatives == AlertingOptions().min_negatives
-    assert options.z_threshold == AlertingOptions().z_threshold
+    assert detector.min_negatives == AlertingOptions().detector.min_negatives
+    assert detector.z_threshold == AlertingOptions().detector.z_threshold
 
 
 def test_shipped_data_has_enough_spike_texts() -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sentiflow.devstack import free_port
-from sentiflow.supervisor import ServiceSpec, Supervisor
+from stack.devstack import free_port
+from stack.supervisor import ServiceSpec, Supervisor
 
 # Generous: the machine is shared, and these are waits for an event, not timings.
 WAIT_S = 60.0

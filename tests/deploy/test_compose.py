@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from sentiflow.cli import build_parser
-from sentiflow.localstack import SERVICES
-from tests.deploy.tools import (
+from stack.cli import build_parser
+from stack.localstack import SERVICES
+from tests.support.deploy import (
     COMPOSE,
     COMPOSE_GPU,
     REGISTRY_PATH,
@@ -146,11 +146,11 @@ def test_every_container_environment_is_valid_settings(
         assert settings.kafka.bootstrap_servers == "kafka:9092"
         assert settings.redis.url == "redis://redis:6379/0"
         assert settings.metrics_port == 9100
-        assert env["SENTIFLOW_INFERENCE__REGISTRY_ROOT"] == REGISTRY_PATH
-        assert env["SENTIFLOW_TRAINER__REGISTRY_URI"] == REGISTRY_PATH
+        assert env["SENTIFLOW_REGISTRY__URI"] == REGISTRY_PATH
+        assert settings.registry.uri == REGISTRY_PATH
     inference_env = env_list(compose["services"]["inference"]["environment"])
     inference = load_settings(classes["inference"], inference_env, monkeypatch)
-    assert str(inference.inference.registry_root) == REGISTRY_PATH  # type: ignore[attr-defined]
+    assert inference.registry.uri == REGISTRY_PATH
     console_env = env_list(compose["services"]["console"]["environment"])
     console = load_settings(classes["console"], console_env, monkeypatch)
     assert console.console.feedback_address == "feedback:50053"  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.tools import DOCKERFILE, REGISTRY_PATH, ROOT, run, tool
+from tests.support.deploy import DOCKERFILE, REGISTRY_PATH, ROOT, run, tool
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -106,16 +106,15 @@ def test_the_entrypoint_runs_the_cli_from_the_copied_source(tmp_path: Path) -> N
     assert copies[f"{app}/services"] == "services"
     # services/trainer/data.py finds the seed data two levels above itself.
     assert copies[f"{app}/data"] == "data"
-    assert env["SENTIFLOW_TRAINER__REGISTRY_URI"] == REGISTRY_PATH
-    assert env["SENTIFLOW_INFERENCE__REGISTRY_ROOT"] == REGISTRY_PATH
+    assert env["SENTIFLOW_REGISTRY__URI"] == REGISTRY_PATH
     entrypoint = next(rest for ins, rest in runtime if ins == "ENTRYPOINT")
-    assert entrypoint == '["python", "-m", "sentiflow.cli"]'
+    assert entrypoint == '["python", "-m", "stack.cli"]'
 
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIFLOW_")}
     child_env.update({k: v for k, v in env.items() if k not in {"PATH", "VIRTUAL_ENV"}})
     child_env.update({"PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})
     result = subprocess.run(
-        [sys.executable, "-m", "sentiflow.cli", "--help"],
+        [sys.executable, "-m", "stack.cli", "--help"],
         cwd=tmp_path,
         env=child_env,
         capture_output=True,

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from sentiflow.cli import build_parser
 from sentiflow.config import Settings, TopicNames
-from sentiflow.localstack import SERVICES
 from sentiflow.topics import topic_specs
 from services.inference.config import InferenceOptions
-from tests.deploy.tools import (
+from stack.cli import build_parser
+from stack.localstack import SERVICES
+from tests.support.deploy import (
     DEPLOY,
     REGISTRY_PATH,
     ROOT,
@@ -187,8 +187,7 @@ def test_the_configuration_is_valid_settings_for_every_service(
         assert_writes_under_home(settings)
         assert settings.kafka.bootstrap_servers == "sentiflow-kafka-bootstrap:9092"
         assert settings.metrics_port == 9100
-    assert env["SENTIFLOW_TRAINER__REGISTRY_URI"] == REGISTRY_PATH
-    assert env["SENTIFLOW_INFERENCE__REGISTRY_ROOT"] == REGISTRY_PATH
+    assert env["SENTIFLOW_REGISTRY__URI"] == REGISTRY_PATH
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy.tools import tool
+from tests.support.deploy import tool
 
 
 def test_a_missing_validator_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:

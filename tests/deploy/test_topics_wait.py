@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from sentiflow.cli import main
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.topics import TopicSpec, admin_client, create_topics, topic_specs
+from stack.cli import main
 
 
 def wait(kafka_settings: KafkaSettings, names: TopicNames, monkeypatch: pytest.MonkeyPatch) -> int:

@@ -17,7 +17,7 @@ from services.feedback.keys import Keys
 from services.feedback.state import FeedbackState
 from services.feedback.store import DocumentStore
 from services.feedback.votes import Rules
-from tests.feedback.harness import scored
+from tests.support.feedback import scored
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,10 @@ import grpc
 import pytest
 import redis
 
-from sentiflow import devstack
+from sentiflow.apikeys import api_keys
 from sentiflow.config import KafkaSettings, RedisSettings, TopicNames
 from sentiflow.kafka import Output, make_producer, produce_and_wait
+from sentiflow.readback import read_topic
 from sentiflow.topics import admin_client, create_topics, topic_specs
 from sentiflow.v1 import events_pb2, feedback_pb2
 from services.feedback.client import FeedbackClient
@@ -30,12 +31,12 @@ from services.feedback.keys import Keys
 from services.feedback.review import ReviewQueue
 from services.feedback.state import FeedbackState
 from services.feedback.store import DocumentStore
-from tests.feedback.harness import (
+from stack import devstack
+from tests.support.feedback import (
     Aggregator,
     Service,
     examples,
     publish,
-    read_all,
     scored,
     wait_for,
     wait_until,
@@ -121,7 +122,7 @@ def _settings(kafka: KafkaSettings, redis_url: str, tmp: Path) -> FeedbackSettin
         metrics_port=devstack.free_port(),
         feedback=FeedbackOptions(
             grpc_address=f"127.0.0.1:{devstack.free_port()}",
-            api_keys={f"key-{u}": u for u in USERS},
+            api_keys=api_keys([{"key": f"key-{u}", "user": u} for u in USERS]),
             # 60 signals per user, then practically nothing: the rate-limit test
             # spends a burst; no other test comes near it.
             signals_per_s=0.01,
@@ -151,12 +152,16 @@ def env(stack: devstack.DevStack, tmp_path_factory: pytest.TempPathFactory) -> I
             client.delete(key)
 
 
-def _code(call: Callable[[], object]) -> grpc.StatusCode:
+def _error(call: Callable[[], object]) -> grpc.Call:
     with pytest.raises(grpc.RpcError) as caught:
         call()
     error = caught.value
     assert isinstance(error, grpc.Call)
-    return error.code()
+    return error
+
+
+def _code(call: Callable[[], object]) -> grpc.StatusCode:
+    return _error(call).code()
 
 
 def test_feedback_settles_into_exactly_one_example_per_document(env: Env) -> None:
@@ -182,7 +187,7 @@ def test_feedback_settles_into_exactly_one_example_per_document(env: Env) -> Non
         assert e.origin == events_pb2.EXAMPLE_ORIGIN_FEEDBACK
     # The acknowledged signal is on feedback.events, recorded for the key's identity.
     events = []
-    for msg in read_all(env.kafka, env.topic(env.settings.topics.feedback_events)):
+    for msg in read_topic(env.kafka, env.topic(env.settings.topics.feedback_events)):
         event = events_pb2.Feedback()
         event.ParseFromString(msg.value() or b"")
         events.append(event)
@@ -247,6 +252,63 @@ def test_least_confident_documents_are_queued_for_review_until_settled(env: Env)
     ]
 
 
+def test_list_review_serves_the_queue_least_confident_first_until_settled(env: Env) -> None:
+    # A model of its own, so no other test's documents are in this queue.
+    # Margins: 0.4 - 0.3 = 0.1, 0.36 - 0.32 = 0.04, 0.5 - 0.25 = 0.25 (too sure).
+    env.score(
+        scored("listed-close", "negative", model="listed", version="l1", top=0.4),
+        scored("listed-closest", "neutral", model="listed", version="l1", top=0.36),
+        scored("listed-sure", "positive", model="listed", version="l1", top=0.5),
+    )
+    with env.client("carol") as carol:
+        queue = carol.review("listed", 10)
+        assert queue.model == "listed"
+        assert [i.document.id for i in queue.items] == ["listed-closest", "listed-close"]
+        assert [i.margin for i in queue.items] == pytest.approx([0.04, 0.1])
+        closest = queue.items[0]
+        assert (closest.document.text, closest.document.raw_text) == ("text of listed-closest", "")
+        assert (closest.prediction.model, closest.prediction.version) == ("listed", "l1")
+        assert closest.prediction.label == "neutral"
+        assert [(s.label, round(s.score, 2)) for s in closest.prediction.scores] == [
+            ("negative", 0.32),
+            ("neutral", 0.36),
+            ("positive", 0.32),
+        ]
+        assert [i.document.id for i in carol.review("listed", 1).items] == ["listed-closest"]
+        assert carol.review().model == "sentiment"
+        assert list(carol.review("nobody-scores-this").items) == []
+    with env.client("alice") as alice, env.client("bob") as bob:
+        alice.confirm("listed-closest", model="listed")
+        bob.confirm("listed-closest", model="listed")
+    env.counted("listed-closest", 2)
+    with env.client("carol") as carol:
+        assert [i.document.id for i in carol.review("listed", 10).items] == ["listed-close"]
+
+
+def test_list_review_refuses_bad_input_and_unknown_callers(env: Env) -> None:
+    with env.client("alice") as alice:
+        too_many = _error(lambda: alice.review("sentiment", 1001))
+        assert too_many.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "limit must be 1 to 1000" in (too_many.details() or "")
+        long_name = _error(lambda: alice.review("m" * 257))
+        assert long_name.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "model" in (long_name.details() or "")
+        assert _code(lambda: alice.review("a\x00b")) == grpc.StatusCode.INVALID_ARGUMENT
+        assert alice.review("sentiment", 1000).model == "sentiment"
+    with grpc.insecure_channel(env.service.address) as channel:
+        raw: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/sentiflow.v1.FeedbackService/ListReview"
+        )
+        undecodable = b"\x0a\x02\xff\xfe"  # model with invalid UTF-8
+        metadata = (("x-api-key", "key-alice"),)
+        assert _code(lambda: raw(undecodable, metadata=metadata)) == (
+            grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert _code(lambda: raw(b"")) == grpc.StatusCode.UNAUTHENTICATED
+    with FeedbackClient(env.service.address, api_key="who-knows") as stranger:
+        assert _code(lambda: stranger.review()) == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_records_the_aggregation_cannot_use_are_dead_lettered(env: Env) -> None:
     topic = env.topic(env.settings.topics.feedback_events)
     wrong_key = events_pb2.Feedback(
@@ -261,7 +323,7 @@ def test_records_the_aggregation_cannot_use_are_dead_lettered(env: Env) -> None:
     )
     dlq = env.topic(env.settings.topics.docs_dlq)
     letters = wait_until(
-        lambda: [_rejected(m.value() or b"") for m in read_all(env.kafka, dlq)],
+        lambda: [_rejected(m.value() or b"") for m in read_topic(env.kafka, dlq)],
         lambda found: len([r for r in found if r.service == "feedback-aggregator"]) >= 2,
         "two dead letters",
     )
@@ -391,7 +453,7 @@ def test_rebuilding_from_feedback_events_reproduces_every_example(env: Env) -> N
         alice.confirm("rebuild-1")
         bob.confirm("rebuild-1")
     original = env.examples("", expect=1)
-    records = read_all(env.kafka, env.topic(env.settings.topics.feedback_events))
+    records = read_topic(env.kafka, env.topic(env.settings.topics.feedback_events))
     copy = _settings(env.kafka, env.settings.redis.url, env.tmp)
     produce_and_wait(
         make_producer(copy.kafka),

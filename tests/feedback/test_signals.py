@@ -7,9 +7,10 @@ from pydantic import ValidationError
 
 from sentiflow.errors import InvalidInputError
 from sentiflow.v1 import events_pb2, feedback_pb2
-from services.feedback.config import VoteOptions
+from services.feedback.config import FeedbackOptions
 from services.feedback.review import margin
 from services.feedback.signals import feedback_event
+from services.feedback.votes import Rules
 
 CONFIRM = events_pb2.FEEDBACK_KIND_CONFIRM
 CORRECT = events_pb2.FEEDBACK_KIND_CORRECT
@@ -113,8 +114,14 @@ def test_margin_is_the_gap_between_the_top_two_scores() -> None:
 
 
 def test_settings_that_let_one_account_flip_labels_are_refused() -> None:
-    VoteOptions()  # the defaults are safe
+    Rules()  # the defaults are safe
+    FeedbackOptions()
+    with pytest.raises(ValueError, match="flip a settled label"):
+        Rules(max_weight=2.0)
+    with pytest.raises(ValueError, match="new_user_weight"):
+        Rules(new_user_weight=0.05)
+    # The service's settings hold these very rules, so they refuse the same.
     with pytest.raises(ValidationError, match="flip a settled label"):
-        VoteOptions(max_weight=2.0)
+        FeedbackOptions.model_validate({"votes": {"max_weight": 2.0}})
     with pytest.raises(ValidationError, match="new_user_weight"):
-        VoteOptions(new_user_weight=0.05)
+        FeedbackOptions.model_validate({"votes": {"new_user_weight": 0.05}})

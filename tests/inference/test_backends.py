@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+from transformers import pipeline
 
-from services.inference import backends
+from sentiflow.models.tiny import LABELS, WORDS, make_checkpoint
+from services.inference import backends, tokenization
 from services.inference.backends import OnnxRunner, Prediction, TorchRunner
-from services.inference.batcher import Batcher, Item
-from tests.tinymodel import LABELS, WORDS, make_checkpoint
+from services.inference.batcher import Batcher
+from services.inference.models import queue_items
 
 MAX_LENGTH = 24
 TEXTS = [
@@ -97,7 +101,7 @@ def test_int8_agrees_on_most_labels(
 def test_truncation_is_flagged(torch_runner: TorchRunner, onnx_runner: OnnxRunner) -> None:
     long_text = " ".join(WORDS)
     texts = ["stocks up", long_text]
-    assert torch_runner.tokenize_lengths(texts)[1] == MAX_LENGTH
+    assert torch_runner.encode(texts)[1].tokens == MAX_LENGTH
     for runner in (torch_runner, onnx_runner):
         short, long = runner.predict(texts)
         assert not short.truncated
@@ -105,12 +109,50 @@ def test_truncation_is_flagged(torch_runner: TorchRunner, onnx_runner: OnnxRunne
 
 
 def test_runner_serves_a_batcher(torch_runner: TorchRunner) -> None:
-    lengths = torch_runner.tokenize_lengths(TEXTS)
     with Batcher(torch_runner, max_batch_size=4) as batcher:
-        futures = batcher.submit([Item(t, n) for t, n in zip(TEXTS, lengths, strict=True)])
+        futures = batcher.submit(queue_items(torch_runner.encode(TEXTS)))
         results = [f.result(timeout=30) for f in futures]
     assert {r.version for r in results} == {torch_runner.version}
     assert [r.value.label for r in results] == [p.label for p in torch_runner.predict(TEXTS)]
+
+
+def test_torch_matches_the_transformers_pipeline(
+    checkpoint: Path, torch_runner: TorchRunner
+) -> None:
+    long_text = " ".join(WORDS * 60)[:15_000]
+    texts = [*TEXTS, long_text]
+    classify = pipeline("text-classification", model=str(checkpoint), device="cpu")
+    # With top_k=None each text gets every label's score, a list per text.
+    expected = cast(list[list[dict[str, Any]]], classify(texts, truncation=True, top_k=None))
+    actual = torch_runner.predict(texts)
+    for got, reference in zip(actual, expected, strict=True):
+        by_label = {r["label"]: r["score"] for r in reference}
+        assert got.label == max(by_label, key=by_label.__getitem__)
+        for label in LABELS:
+            assert got.scores[label] == pytest.approx(by_label[label], abs=1e-5)
+    assert actual[-1].truncated
+
+
+def test_runners_read_the_queued_ids_not_the_text(
+    torch_runner: TorchRunner, onnx_runner: OnnxRunner
+) -> None:
+    for runner in (torch_runner, onnx_runner):
+        bull, bear = runner.encode(["bull market rally", "bear market slump"])
+        (as_queued,) = runner([replace(bull, text="bear market slump")])
+        (expected,) = runner.predict(["bull market rally"])
+        assert as_queued.scores == pytest.approx(expected.scores, abs=1e-6)
+        assert as_queued.scores != pytest.approx(runner.predict([bear.text])[0].scores)
+
+
+def test_ids_from_another_tokenizer_are_re_encoded(
+    torch_runner: TorchRunner, onnx_runner: OnnxRunner
+) -> None:
+    for runner in (torch_runner, onnx_runner):
+        (queued,) = runner.encode(["bull market rally"])
+        foreign = replace(queued, ids=[2, 7, 3], type_ids=[0, 0, 0], tokenizer="another")
+        (answer,) = runner([foreign])
+        (expected,) = runner.predict(["bull market rally"])
+        assert answer.scores == pytest.approx(expected.scores, abs=1e-6)
 
 
 def test_pickle_only_checkpoint_is_refused(checkpoint: Path, tmp_path: Path) -> None:
@@ -190,4 +232,4 @@ def test_checkpoint_key_follows_content(checkpoint: Path, fresh_checkpoint: Path
 def test_max_length_is_the_tightest_limit(
     tokenizer_max: int | None, positions: int | None, requested: int | None, expected: int
 ) -> None:
-    assert backends.resolve_max_length(tokenizer_max, positions, requested) == expected
+    assert tokenization.resolve_max_length(tokenizer_max, positions, requested) == expected

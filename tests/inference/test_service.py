@@ -16,15 +16,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
-from sentiflow import devstack
+from sentiflow.apikeys import api_keys
 from sentiflow.config import Settings
 from sentiflow.kafka import Output, make_producer, produce_and_wait
+from sentiflow.models.tiny import make_checkpoint, model_version
+from sentiflow.readback import read_topic
 from sentiflow.v1 import events_pb2
 from services.inference.client import ClassifierClient
 from services.inference.config import InferenceOptions, InferenceSettings
 from services.inference.main import run
-from tests.kafkautil import read_topic
-from tests.tinymodel import make_checkpoint, model_version
+from stack import devstack
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,9 @@ def _settings(settings: Settings, tmp_path: Path, **options: object) -> Inferenc
 
 @pytest.fixture
 def service(settings: Settings, tmp_path: Path) -> Iterator[Running]:
-    running = Running(_settings(settings, tmp_path, api_keys={"k-alice": "alice"}))
+    running = Running(
+        _settings(settings, tmp_path, api_keys=api_keys([{"key": "k-alice", "user": "alice"}]))
+    )
     running.thread.start()
     yield running
     running.stop.set()
@@ -309,7 +312,7 @@ def test_quota_reflection_and_shadow_agreement(
         _settings(
             settings,
             tmp_path,
-            api_keys={"k-bob": "bob", "k-ops": "ops"},
+            api_keys=api_keys([{"key": "k-bob", "user": "bob"}, {"key": "k-ops", "user": "ops"}]),
             quota_rps=2.0,
             quota_burst=3,
         )

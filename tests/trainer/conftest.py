@@ -1,48 +1,17 @@
-"""An S3-protocol server for registry tests: moto's server, a separate process on
-127.0.0.1, reached over HTTP by boto3 exactly as a real object store would be."""
+"""Fixtures for registry tests: an S3-protocol server and a fresh bucket per test."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from sentiflow import devstack
-from sentiflow.objectstore import S3Options, s3_client
-
-# Fixed dummy credentials: moto accepts any, and boto3 refuses to sign without some.
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "sentiflow-test",
-    "AWS_SECRET_ACCESS_KEY": "sentiflow-test-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-@dataclass(frozen=True)
-class S3Server:
-    endpoint_url: str
-
-    def options(self) -> S3Options:
-        return S3Options(endpoint_url=self.endpoint_url, region="us-east-1")
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("moto server did not start listening")
+from sentiflow.models.objectstore import s3_client
+from stack import devstack
+from tests.support.s3 import CREDENTIALS, S3Server, wait_listening
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +23,7 @@ def s3_server() -> Iterator[S3Server]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_listening(port, process, timeout_s=60)
+        wait_listening(port, process, timeout_s=60)
         yield S3Server(f"http://127.0.0.1:{port}")
     finally:
         process.terminate()

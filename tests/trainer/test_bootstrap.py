@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from sentiflow.models.registry import Registry
+from sentiflow.models.tiny import make_encoder
 from services.trainer.bootstrap import DataOptions, bootstrap, resolve_data_paths
-from services.trainer.finetune import TrainConfig
-from services.trainer.registry import Registry
-from tests.tinymodel import make_encoder
+from services.trainer.recipe import TrainConfig
 
 ROWS = [
     ("stocks rally strong", 1),

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from services.trainer.finetune import (
-    TrainConfig,
     bucketed_batches,
     cpu_has_native_bf16,
     evaluate,
@@ -19,7 +18,8 @@ from services.trainer.finetune import (
     resolve_precision,
     train,
 )
-from tests.test_modeling import make_tiny_classifier
+from services.trainer.recipe import TrainConfig
+from tests.support.classifier import make_tiny_classifier
 
 POSITIVE = ["stocks rally", "shares up strong", "bull market record high", "earnings beat"]
 NEGATIVE = ["stocks slump", "shares down weak", "bear market low", "earnings miss"]

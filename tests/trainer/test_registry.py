@@ -9,16 +9,16 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from sentiflow.artifacts import ArtifactIntegrityError, UnsafeArtifactError, build_manifest
-from sentiflow.modeling import SentiflowForSequenceClassification
-from services.trainer.registry import (
+from sentiflow.models.artifacts import ArtifactIntegrityError, UnsafeArtifactError, build_manifest
+from sentiflow.models.modeling import SentiflowForSequenceClassification
+from sentiflow.models.registry import (
     METADATA_FILE,
     Registry,
     RegistryError,
     UnknownVersionError,
 )
-from tests.test_modeling import LABELS, TEXTS, make_tiny_classifier
-from tests.tinymodel import logits
+from sentiflow.models.tiny import logits
+from tests.support.classifier import LABELS, TEXTS, make_tiny_classifier
 
 Tiny = tuple[SentiflowForSequenceClassification, PreTrainedTokenizerBase]
 

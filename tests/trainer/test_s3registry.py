@@ -10,20 +10,21 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from sentiflow.artifacts import ArtifactIntegrityError, UnsafeArtifactError
-from sentiflow.cli import main as cli_main
-from sentiflow.config import Settings
-from sentiflow.modelversions import VersionWatcher
-from sentiflow.objectstore import S3Location, fetch_s3_artifact, s3_client
+from sentiflow.config import RegistrySettings, Settings
+from sentiflow.models.artifacts import ArtifactIntegrityError, UnsafeArtifactError
+from sentiflow.models.location import open_registry
+from sentiflow.models.objectstore import S3Location, fetch_s3_artifact, s3_client
+from sentiflow.models.publish import Publisher, to_event
+from sentiflow.models.registry import UnknownVersionError, VersionInfo
+from sentiflow.models.s3registry import S3Registry
+from sentiflow.models.tiny import LABELS, make_checkpoint
+from sentiflow.models.versions import VersionWatcher
+from sentiflow.readback import read_topic
 from sentiflow.v1 import events_pb2
 from services.inference.config import InferenceOptions
 from services.inference.models import ModelManager
-from services.trainer.publish import Publisher, to_event
-from services.trainer.registry import UnknownVersionError, VersionInfo, open_registry
-from services.trainer.s3registry import S3Registry
-from tests.kafkautil import read_topic
-from tests.tinymodel import LABELS, make_checkpoint
-from tests.trainer.conftest import S3Server
+from stack.cli import main as cli_main
+from tests.support.s3 import S3Server
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,11 @@ def other_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _registry(s3_server: S3Server, bucket: str, tmp_path: Path) -> S3Registry:
-    registry = open_registry(f"s3://{bucket}/models", s3_server.options(), tmp_path / "cache")
+    registry = open_registry(
+        RegistrySettings(
+            uri=f"s3://{bucket}/models", s3=s3_server.options(), cache_dir=tmp_path / "cache"
+        )
+    )
     assert isinstance(registry, S3Registry)
     return registry
 
@@ -50,12 +55,8 @@ def _save(registry: S3Registry, checkpoint: Path, **kwargs: object) -> VersionIn
 
 def _manager(s3_server: S3Server, tmp_path: Path) -> ModelManager:
     return ModelManager(
-        InferenceOptions(
-            backend="onnx",
-            onnx_cache_dir=tmp_path / "onnx",
-            artifact_cache_dir=tmp_path / "inference-cache",
-            s3=s3_server.options(),
-        )
+        InferenceOptions(backend="onnx", onnx_cache_dir=tmp_path / "onnx"),
+        registry=RegistrySettings(s3=s3_server.options(), cache_dir=tmp_path / "inference-cache"),
     )
 
 
@@ -142,7 +143,7 @@ def test_tampered_objects_are_refused_and_the_current_model_stays(
 def test_pickle_and_escaping_names_are_refused_before_download(
     s3_server: S3Server, s3_bucket: str, tmp_path: Path
 ) -> None:
-    from sentiflow.artifacts import manifest_digest
+    from sentiflow.models.artifacts import manifest_digest
 
     client = s3_client(s3_server.options())
     for name in ("pytorch_model.bin", "../outside.safetensors"):
@@ -178,9 +179,9 @@ def test_models_commands_against_the_s3_registry(
     first = _save(registry, checkpoint, stage="production", reason="bootstrap")
     second = _save(registry, other_checkpoint, parent=first.version, stage="shadow", reason="gate")
     for name, value in {
-        "SENTIFLOW_TRAINER__REGISTRY_URI": f"s3://{s3_bucket}/models",
-        "SENTIFLOW_TRAINER__S3__ENDPOINT_URL": s3_server.endpoint_url,
-        "SENTIFLOW_TRAINER__ARTIFACT_CACHE_DIR": str(tmp_path / "cli-cache"),
+        "SENTIFLOW_REGISTRY__URI": f"s3://{s3_bucket}/models",
+        "SENTIFLOW_REGISTRY__S3__ENDPOINT_URL": s3_server.endpoint_url,
+        "SENTIFLOW_REGISTRY__CACHE_DIR": str(tmp_path / "cli-cache"),
         "SENTIFLOW_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "SENTIFLOW_TOPICS__PREFIX": settings.topics.prefix,
     }.items():

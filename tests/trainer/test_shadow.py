@@ -10,27 +10,27 @@ import grpc
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from sentiflow import devstack
-from sentiflow.config import Settings
+from sentiflow.config import RegistrySettings, Settings
 from sentiflow.kafka import Output, make_producer, produce_and_wait
+from sentiflow.models.publish import Publisher
+from sentiflow.models.registry import Registry
+from sentiflow.models.tiny import make_checkpoint
+from sentiflow.readback import read_topic
 from sentiflow.v1 import events_pb2
 from services.inference.client import ClassifierClient
 from services.inference.config import InferenceOptions, InferenceSettings
 from services.inference.main import run as run_inference
 from services.trainer.config import TrainerOptions, TrainerSettings
-from services.trainer.publish import Publisher
-from services.trainer.registry import Registry
+from services.trainer.recipe import JudgeConfig, RoundConfig
 from services.trainer.service import Trainer
 from services.trainer.shadow import (
     Decision,
-    JudgeConfig,
     ShadowJudge,
     ShadowService,
     Tally,
     decide,
 )
-from tests.kafkautil import read_topic
-from tests.tinymodel import make_checkpoint
+from stack import devstack
 
 PRODUCTION = events_pb2.MODEL_STAGE_PRODUCTION
 SHADOW = events_pb2.MODEL_STAGE_SHADOW
@@ -127,10 +127,8 @@ def _registry_with_shadow(tmp_path: Path) -> Registry:
 def test_a_clearly_worse_shadow_is_rejected_once(settings: Settings, tmp_path: Path) -> None:
     registry = _registry_with_shadow(tmp_path)
     options = TrainerOptions(
-        registry_uri=str(registry.root),
-        promote_to="shadow",
-        shadow_min_scored=10,
-        shadow_min_labelled=10,
+        rounds=RoundConfig(promote_to="shadow"),
+        shadow=JudgeConfig(min_scored=10, min_labelled=10),
     )
     service = ShadowService(
         settings.kafka,
@@ -180,14 +178,12 @@ def test_shadow_is_promoted_end_to_end(settings: Settings, tmp_path: Path) -> No
         TrainerSettings(
             kafka=settings.kafka,
             topics=settings.topics,
+            registry=RegistrySettings(uri=str(tmp_path / "registry")),
             trainer=TrainerOptions(
-                registry_uri=str(tmp_path / "registry"),
                 check_interval_s=0.2,
-                promote_to="shadow",
+                rounds=RoundConfig(promote_to="shadow"),
                 shadow_share=1.0,
-                shadow_min_scored=40,
-                shadow_min_labelled=1000,
-                shadow_min_agreement=0.9,
+                shadow=JudgeConfig(min_scored=40, min_labelled=1000, min_agreement=0.9),
             ),
         ),
         registry,
@@ -204,8 +200,8 @@ def test_shadow_is_promoted_end_to_end(settings: Settings, tmp_path: Path) -> No
             grpc_address=f"127.0.0.1:{devstack.free_port()}",
             backend="onnx",
             onnx_cache_dir=tmp_path / "onnx",
-            artifact_cache_dir=tmp_path / "cache",
         ),
+        registry=RegistrySettings(cache_dir=tmp_path / "cache"),
     )
     topics = settings.topics
     raw, scored_topic = topics.full(topics.docs_raw), topics.full(topics.docs_scored)

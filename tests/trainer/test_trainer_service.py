@@ -12,16 +12,18 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from sentiflow.config import Settings
+from sentiflow.config import RegistrySettings, Settings
 from sentiflow.kafka import Output, make_producer, produce_and_wait
+from sentiflow.models.publish import Publisher
+from sentiflow.models.registry import Registry
+from sentiflow.models.tiny import make_checkpoint
+from sentiflow.readback import read_topic
 from sentiflow.v1 import events_pb2
 from services.trainer.config import TrainerOptions, TrainerSettings
-from services.trainer.publish import Publisher
-from services.trainer.registry import Registry
+from services.trainer.gate import GateConfig
+from services.trainer.recipe import RoundConfig, RoundTrainConfig
 from services.trainer.service import Trainer
-from tests.conftest import REPO_ROOT
-from tests.kafkautil import read_topic
-from tests.tinymodel import make_checkpoint
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -92,18 +94,17 @@ def test_rounds_promote_better_models_reject_worse_ones_and_rollback_works(
     trainer_settings = TrainerSettings(
         kafka=settings.kafka,
         topics=settings.topics,
+        registry=RegistrySettings(uri=str(tmp_path / "registry")),
         trainer=TrainerOptions(
-            registry_uri=str(tmp_path / "registry"),
-            min_new_examples=200,
             check_interval_s=0.2,
-            epochs=6,
-            learning_rate=5e-3,
-            min_holdout=20,
-            min_improvement=0.02,
-            tolerance=0.05,
-            # No replay, so a poisoned round is trained on poison alone: the gate, not
-            # the replay mix, is what must stop it here.
-            replay_ratio=0.0,
+            rounds=RoundConfig(
+                min_new_examples=200,
+                train=RoundTrainConfig(epochs=6, learning_rate=5e-3),
+                gate=GateConfig(min_holdout=20, min_improvement=0.02, tolerance=0.05),
+                # No replay, so a poisoned round is trained on poison alone: the gate,
+                # not the replay mix, is what must stop it here.
+                replay_ratio=0.0,
+            ),
         ),
     )
     trainer = Trainer(
@@ -150,10 +151,10 @@ def test_rounds_promote_better_models_reject_worse_ones_and_rollback_works(
         **{k: v for k, v in os.environ.items() if not k.startswith("SENTIFLOW_")},
         "SENTIFLOW_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "SENTIFLOW_TOPICS__PREFIX": settings.topics.prefix,
-        "SENTIFLOW_TRAINER__REGISTRY_ROOT": str(tmp_path / "registry"),
+        "SENTIFLOW_REGISTRY__URI": str(tmp_path / "registry"),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "sentiflow.cli", "models", "rollback"],
+        [sys.executable, "-m", "stack.cli", "models", "rollback"],
         env=env,
         cwd=REPO_ROOT,
         capture_output=True,

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: plain modules, never conftest or test modules."""

@@ -1,0 +1,1 @@
+"""Alerting test helpers: scenarios, a webhook receiver, the worker as a process."""
