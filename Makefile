@@ -7,7 +7,7 @@ help:  ## list the targets
 
 STAMP := .venv/.installed
 
-$(STAMP): pyproject.toml setup.py services/ingest/_fastpath.c services/ingest/_nfc_unsafe.h
+$(STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -18,12 +18,10 @@ $(STAMP): pyproject.toml setup.py services/ingest/_fastpath.c services/ingest/_n
 
 install: $(STAMP)  ## create .venv and install sentiflow with its dev tools
 
-# command-or-file:Debian package: the C compiler and OpenSSL headers that build
-# services/ingest/_fastpath.c, and what the browser tests run.
-SYSTEM_TOOLS := gcc:gcc /usr/include/openssl/evp.h:libssl-dev \
-	chromium:chromium chromedriver:chromium-driver
+# command-or-file:Debian package: what the browser tests run.
+SYSTEM_TOOLS := chromium:chromium chromedriver:chromium-driver
 
-system-deps:  ## Debian packages the build and the browser tests need (apt-get, as root)
+system-deps:  ## Debian packages the browser tests need (apt-get, as root)
 	@missing=""; \
 	for tool in $(SYSTEM_TOOLS); do \
 	  check=$${tool%%:*}; \

@@ -11,12 +11,13 @@ Both clocks start with the clients connected and the idempotent producer's id
 assigned (a first record sent and acknowledged), and stop when the last record is
 acknowledged (for ingest: and marked seen in Redis and checkpointed). What a cold
 one-shot ``sentiflow ingest files`` adds to that (topics checked, clients connected,
-the producer id) is measured on its own as ``ingest_startup_s``. Each run also loads
-the file with every record through the Python builder (``fast_path`` off), to show
-what the compiled builder is worth.
+the producer id) is measured on its own as ``ingest_startup_s``.
 
-Run: ``python -m bench.bench_ingest [--docs N] [--runs R]``; prints a table and
-writes bench/results/ingest.json.
+Beside the table, where a document's time goes: each stage of the pipeline timed on
+its own over the same input in the same run (``bench.ingest_stages``).
+
+Run: ``python -m bench.bench_ingest [--docs N] [--runs R]``; prints both and writes
+bench/results/ingest.json.
 """
 
 from __future__ import annotations
@@ -33,14 +34,16 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
+from bench import ingest_stages
 from bench.report import table, write
-from sentiflow import devstack
 from sentiflow.config import KafkaSettings, RedisSettings, TopicNames
 from sentiflow.kafka import make_producer
+from sentiflow.redisclient import connect
 from sentiflow.topics import ensure_topics, topic_specs
 from services.ingest.config import FieldMap, IngestOptions, IngestSettings
 from services.ingest.connectors.files import FilesConnector, default_source
 from services.ingest.main import make_builder, run_files, start_runtime
+from stack import devstack
 
 SEED = Path(__file__).resolve().parent.parent / "data" / "twitter-financial-news" / "train.csv"
 
@@ -243,7 +246,7 @@ def main() -> None:
             plain_cpu: dict[str, float] = {}
             ingest_cpu: dict[str, float] = {}
             startup_s: list[float] = []
-            python_s: list[float] = []
+            stages: dict[str, float] = {}
             for run in range(args.runs):
                 plain_topics = TopicNames(prefix=f"plain{run}.")
                 ensure_topics(kafka, topic_specs(plain_topics))
@@ -279,17 +282,23 @@ def main() -> None:
                 ingest_s.append(seconds)
                 if seconds == min(ingest_s):
                     ingest_cpu = meter.per_doc_us(args.docs)
-                # The same load with every record through the Python builder.
-                python_names = TopicNames(prefix=f"python{run}.")
-                ensure_topics(kafka, topic_specs(python_names))
-                python_settings = settings.model_copy(
-                    update={
-                        "topics": python_names,
-                        "redis": RedisSettings(url=stack.redis_url, key_prefix=f"py{run}:"),
-                        "ingest": settings.ingest.model_copy(update={"fast_path": False}),
-                    }
-                )
-                python_s.append(ingest(python_settings, path, warmup, root / f"python{run}")[0])
+                # The stages on their own, each best of the runs.
+                stage_topics = TopicNames(prefix=f"stages{run}.")
+                ensure_topics(kafka, topic_specs(stage_topics))
+                client = connect(settings.redis)
+                try:
+                    measured = ingest_stages.profile(
+                        path,
+                        settings.ingest,
+                        default_source(path),
+                        kafka=kafka,
+                        topic=stage_topics.full(stage_topics.docs_raw),
+                        client=client,
+                        key_prefix=f"stages{run}:",
+                    )
+                finally:
+                    client.close()
+                stages = {k: min(v, stages.get(k, v)) for k, v in measured.items()}
         finally:
             stack.stop()
 
@@ -306,9 +315,7 @@ def main() -> None:
         "ingest_vs_plain_per_run": ratios,
         "ingest_seconds": [round(s, 3) for s in ingest_s],
         "plain_seconds": [round(s, 3) for s in plain_s],
-        # Every record through the Python builder instead of the compiled one.
-        "ingest_python_builder_docs_per_s": round(args.docs / min(python_s), 1),
-        "compiled_vs_python_builder": round(min(python_s) / min(ingest_s), 2),
+        "ingest_us_per_doc": round(1e6 / ingest_rate, 2),
         "ingest_startup_s": round(min(startup_s), 3),
         "ingest_startup_s_per_run": [round(s, 3) for s in startup_s],
         "ingest_published": int(n_published),
@@ -320,8 +327,16 @@ def main() -> None:
         "ingest_cpu_us_per_doc": ingest_cpu,
         "plain_cpu_us_per_doc": plain_cpu,
         "load_average_at_start": load_at_start,
+        # Each stage on its own over the same input: where a document's time goes.
+        "stages_us_per_doc": stages,
+        "stages_sum_us_per_doc": round(sum(stages.values()), 2),
     }
-    print(table(list(results.items()), "ingest benchmark (best of runs)"))
+    shown = {k: v for k, v in results.items() if not k.startswith("stages")}
+    print(table(list(shown.items()), "ingest benchmark (best of runs)"))
+    print()
+    profile = [*stages.items(), ("sum", results["stages_sum_us_per_doc"])]
+    profile.append(("end to end (overlapped)", results["ingest_us_per_doc"]))
+    print(table(profile, "where a document's time goes (us/doc, each stage alone)"))
     out = write("ingest", results)
     print(f"\nwrote {out}")
 

@@ -12,8 +12,27 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _cpu_info() -> dict[str, str]:
+    """The CPU's model name and feature flags (Linux): figures depend on both (SHA
+    and vector extensions, for one)."""
+    info: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and "cpu_model" not in info:
+            info["cpu_model"] = value.strip()
+        elif key == "flags" and "cpu_flags" not in info:
+            info["cpu_flags"] = value.strip()
+    return info
+
+
 def machine() -> dict[str, object]:
     return {
+        **_cpu_info(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

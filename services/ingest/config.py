@@ -6,8 +6,9 @@ import codecs
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sentiflow.apikeys import ApiKeys
 from sentiflow.config import Settings
 
 
@@ -73,9 +74,6 @@ class IngestOptions(_Section):
         default=None, description="JSON list of {id, names, aliases, case_sensitive}"
     )
     cashtags: bool = True
-    # The compiled builder for common JSONL records (same documents, several times
-    # faster); off: every record takes the Python builder.
-    fast_path: bool = True
 
     # -- privacy --------------------------------------------------------------------------
     redact: bool = False
@@ -103,9 +101,9 @@ class IngestOptions(_Section):
     max_delivery_attempts: int = Field(default=10, ge=1)
 
     # -- files ----------------------------------------------------------------------------
-    # One is fastest while the compiled builder takes most records (it builds without
-    # the GIL, beside the publisher); more help when most take the Python builder
-    # (redaction, HTML, attribute fields).
+    # One is fastest on a machine with no cores to spare (the broker, Redis and
+    # librdkafka's threads need theirs); more help where it has, or where records are
+    # costly (redaction, HTML, attribute fields).
     workers: int = Field(
         default=1, ge=1, le=64, description="processes building documents for file loads"
     )
@@ -120,8 +118,9 @@ class IngestOptions(_Section):
     # -- HTTP -----------------------------------------------------------------------------
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8090, ge=0, le=65535)
-    # Empty: no authentication. Keys from a secret, e.g. SENTIFLOW_INGEST__API_KEYS='["k"]'.
-    api_keys: list[SecretStr] = []
+    # Empty: no authentication. Keys from a secret, e.g.
+    # SENTIFLOW_INGEST__API_KEYS='[{"key": "<key>", "user": "crawler"}]' (or '["<key>"]').
+    api_keys: ApiKeys = []
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_batch_items: int = Field(default=1000, ge=1)
     http_charsets: list[str] = Field(

@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -25,12 +25,16 @@ from services.ingest.decode import (
     RawFields,
     decode_line,
     parse_csv_record,
-    parse_json,
+    parse_json_bytes,
 )
 from services.ingest.entities import EntityMatcher, load_entities_file
-from services.ingest.fastpath import fast_builder
 from services.ingest.ids import content_hash, source_doc_id
-from services.ingest.normalize import normalize_text, parse_time, strip_html
+from services.ingest.normalize import (
+    EPOCH_SECONDS_BELOW,
+    normalize_text,
+    parse_time,
+    strip_html,
+)
 from services.ingest.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -101,11 +105,8 @@ class DocumentBuilder:
         self._skew_s = options.max_future_skew_s
         self._max_record = options.max_record_bytes
         self._encoding = options.file_encoding
-        self._now: tuple[int, Timestamp] = (-1, Timestamp())
-        # The compiled builder for the common JSONL record; never with redaction.
-        self._fast = (
-            fast_builder(options, source, entities, Candidate) if redactor is None else None
-        )
+        self._skew_ns = int(options.max_future_skew_s * _NS)
+        self._now: tuple[int, Timestamp, bytes] = (-1, Timestamp(), b"")
 
     # -- items ------------------------------------------------------------------------
 
@@ -133,20 +134,14 @@ class DocumentBuilder:
         if len(line) > self._max_record:
             return self.too_large(line)
         try:
-            fields = self._extract(parse_json(decode_line(line, self._encoding)))
+            fields = self._extract(parse_json_bytes(line, self._encoding))
         except RejectError as exc:
             return self.bad(exc.rejection, line)
         return self.item(fields, line, now_ns)
 
     def from_json_lines(self, lines: list[bytes], now_ns: int) -> list[Item]:
-        """``from_json_line`` for each line: compiled for the common record, this class
-        for every record the compiled builder declines."""
-        if self._fast is None:
-            return [self.from_json_line(line, now_ns) for line in lines]
-        items, declined = self._fast.build(lines, now_ns)
-        for i in declined:
-            items[i] = self.from_json_line(lines[i], now_ns)
-        return cast(list[Item], items)
+        from_json_line = self.from_json_line
+        return [from_json_line(line, now_ns) for line in lines]
 
     def from_mapping(self, record: object, original: bytes, now_ns: int) -> Item:
         if len(original) > self._max_record:
@@ -220,12 +215,6 @@ class DocumentBuilder:
         doc = Document(id=doc_id, source=source, text=text)
         if source_id:
             doc.source_id = source_id
-        if truncated:
-            doc.truncated = True
-        if fields.url:
-            doc.url = fields.url
-        if title:
-            doc.title = title
         if fields.lang:
             doc.lang = fields.lang
         # The raw text is kept for display when it differs, except with redaction on:
@@ -237,28 +226,54 @@ class DocumentBuilder:
             add = doc.entities.add
             for match in matches:
                 add(id=match.id, name=match.name, kind=match.kind)
-        if fields.time is not None:
-            when = parse_time(fields.time, now_ns=now_ns, max_future_skew_s=self._skew_s)
-            if when.ns is not None:
+        flag = None
+        when = fields.time
+        if (
+            # parse_time's common case (epoch seconds, not in the future), without the call
+            type(when) is int
+            and 0 < when < EPOCH_SECONDS_BELOW
+            and when * _NS - now_ns <= self._skew_ns
+        ):
+            doc.published_at.seconds = when
+        elif when is not None:
+            parsed = parse_time(when, now_ns=now_ns, max_future_skew_s=self._skew_s)
+            flag = parsed.flag
+            if parsed.ns is not None:
+                seconds, nanos = divmod(parsed.ns, _NS)
                 published = doc.published_at
-                published.seconds, published.nanos = divmod(when.ns, _NS)
-            if when.flag is not None:
-                doc.attributes[TIME_FLAG_ATTRIBUTE] = when.flag
-        doc.ingested_at.CopyFrom(self._timestamp(now_ns))
+                published.seconds = seconds
+                if nanos:
+                    published.nanos = nanos
+        key = matches[0].id if matches else doc_id
+        if not (truncated or fields.url or title or flag or fields.attributes or redacted):
+            # Fields serialise in field-number order and ingested_at (9) would be the
+            # last: its encoding, made once per batch, is appended instead of set.
+            value = doc.SerializeToString() + self._ingested(now_ns)[1]
+            return Candidate(doc_id, key.encode(), value, source, channel_id, content)
+        doc.ingested_at.CopyFrom(self._ingested(now_ns)[0])
+        if truncated:
+            doc.truncated = True
+        if fields.url:
+            doc.url = fields.url
+        if title:
+            doc.title = title
+        if flag is not None:
+            doc.attributes[TIME_FLAG_ATTRIBUTE] = flag
         if fields.attributes:
             doc.attributes.update(fields.attributes)
         if redacted:
             doc.attributes[REDACTED_ATTRIBUTE] = str(redacted)
-        key = matches[0].id if matches else doc_id
         return Candidate(doc_id, key.encode(), doc.SerializeToString(), source, channel_id, content)
 
-    def _timestamp(self, now_ns: int) -> Timestamp:
-        """One Timestamp per batch instead of one per document (batches share now_ns)."""
+    def _ingested(self, now_ns: int) -> tuple[Timestamp, bytes]:
+        """ingested_at, and its encoding as a Document field, made once per batch
+        rather than once per document (a batch shares now_ns)."""
         cached = self._now
         if cached[0] != now_ns:
-            cached = (now_ns, Timestamp(seconds=now_ns // _NS, nanos=now_ns % _NS))
+            stamp = Timestamp(seconds=now_ns // _NS, nanos=now_ns % _NS)
+            cached = (now_ns, stamp, Document(ingested_at=stamp).SerializeToString())
             self._now = cached
-        return cached[1]
+        return cached[1], cached[2]
 
     def _title(self, title: str) -> str:
         if not title:

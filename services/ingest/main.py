@@ -15,13 +15,13 @@ from typing import BinaryIO
 import redis
 from confluent_kafka import KafkaException, Producer
 
+from sentiflow.health import HealthServer
 from sentiflow.kafka import make_producer
 from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.logs import setup_logging
-from sentiflow.metrics import HealthServer
 from sentiflow.redisclient import connect
 from sentiflow.topics import ensure_topics, topic_specs
-from services.ingest import fastpath, metrics
+from services.ingest import metrics
 from services.ingest.checkpoint import State, load_state, save_state
 from services.ingest.cli import field_overrides, overrides
 from services.ingest.config import IngestOptions, IngestSettings
@@ -59,13 +59,6 @@ class Runtime:
 
 
 def make_builder(options: IngestOptions, source: str) -> DocumentBuilder:
-    if not fastpath.available():
-        log.warning(
-            "services.ingest._fastpath is not built (no C compiler or OpenSSL headers at "
-            "install): every document takes the Python builder, about a third as fast"
-        )
-    elif not fastpath.applies(options):
-        log.info("compiled document builder off for these options: the Python builder")
     return DocumentBuilder(options, source, on_redacted=metrics.count_redactions)
 
 

@@ -5,7 +5,8 @@ the Redis deduplicator and tells each batch, once, how every item ended
 (published, duplicate, dead-lettered, or failed) through the batch's ``on_done``
 callback. ``on_done`` runs only after the broker acknowledged every record of the
 batch and Redis recorded the documents as seen, so a connector that checkpoints on
-it never passes a record that could still be lost.
+it never passes a record that could still be lost. What each answer means for an
+item is decided in ``services.ingest.flights``; this module does the talking.
 """
 
 from __future__ import annotations
@@ -14,20 +15,36 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any, cast
 
 import redis
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaException, Producer
 
 from sentiflow.dlq import rejected
 from sentiflow.kafka import flush
 from services.ingest import metrics
 from services.ingest.dedup import DedupKey, Deduplicator, Reservation, Verdict
-from services.ingest.documents import Bad, Candidate, Item
+from services.ingest.documents import Bad, Candidate
+from services.ingest.flights import (
+    FIRST_RETRY_DELAY_S,
+    Action,
+    Batch,
+    Flight,
+    Outcome,
+    after_failure,
+    confirmations,
+    dedup_keys,
+    document_indexes,
+    index_of,
+    leased,
+    next_retry_delay,
+    sort_verdicts,
+    tally,
+    unfinished,
+)
+
+__all__ = ["Batch", "Outcome", "Publisher", "QueueFullError"]
 
 log = logging.getLogger(__name__)
 
@@ -38,64 +55,8 @@ RESERVE_DOCS_PER_CALL = 4000
 RESERVE_CALLS_AHEAD = 2
 
 
-class Outcome(IntEnum):
-    PUBLISHED = 0
-    DUPLICATE = 1
-    REJECTED = 2  # dead-lettered (and acknowledged on docs.dlq)
-    FAILED = 3  # not acknowledged: the caller must not consider it done
-
-
-@dataclass(eq=False)
-class Batch:
-    """Items from one connector that are acknowledged together."""
-
-    connector: str
-    items: list[Item]
-    on_done: Callable[[Batch, list[Outcome]], None] | None = None
-
-
 class QueueFullError(RuntimeError):
     """The publisher is behind: the caller should push back (HTTP 429)."""
-
-
-@dataclass(eq=False)
-class _Flight:
-    """A batch between hand-over and ``on_done``."""
-
-    batch: Batch
-    outcomes: list[Outcome | None]
-    unacked: int = 0
-    to_reserve: list[int] = field(default_factory=list)
-    reserved: list[int] = field(default_factory=list)
-    # With dedup: the keys of ``reserved``, in the same order (confirmed once published).
-    reserved_keys: list[DedupKey] = field(default_factory=list)
-    retry_at: float = 0.0
-    retry_delay: float = 0.05
-    failures: list[tuple[KafkaError, Message]] = field(default_factory=list)
-    attempts: dict[int, int] = field(default_factory=dict)
-    dead_letters: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # value, key
-    # A reservation under way in the Redis thread, and the items it is about.
-    reserving: Future[Reservation] | None = None
-    # The reservations that leased this batch's documents, confirmed as a whole
-    # when none of them failed.
-    reservations: list[str] = field(default_factory=list)
-    asked: list[int] = field(default_factory=list)
-    asked_keys: list[DedupKey] = field(default_factory=list)
-
-    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is None:
-            self.unacked -= 1
-        else:
-            self.failures.append((err, msg))
-
-    @property
-    def settled(self) -> bool:
-        return (
-            self.unacked == 0
-            and not self.to_reserve
-            and self.reserving is None
-            and not self.failures
-        )
 
 
 class Publisher:
@@ -119,12 +80,12 @@ class Publisher:
         self._inbox: queue.Queue[Batch] = queue.Queue(maxsize=queue_batches)
         self._max_attempts = max_delivery_attempts
         self._flush_timeout_s = flush_timeout_s
-        self._flights: list[_Flight] = []
-        self._to_confirm: list[_Flight] = []
+        self._flights: list[Flight] = []
+        self._to_confirm: list[Flight] = []
         # Redis round trips run in their own thread, so producing and serving delivery
         # reports go on while Redis works; one thread keeps the calls in order.
         self._redis = ThreadPoolExecutor(1, thread_name_prefix="ingest-dedup") if dedup else None
-        self._confirming: tuple[Future[None], list[_Flight]] | None = None
+        self._confirming: tuple[Future[None], list[Flight]] | None = None
         self._asking: list[Future[None]] = []  # reservation calls under way
         self._confirm_retry_at = 0.0
         self._abandoned: list[DedupKey] = []  # leased at shutdown, never published
@@ -233,34 +194,28 @@ class Publisher:
             metrics.IN_FLIGHT.set(len(self._flights))
 
     def _start(self, batch: Batch) -> None:
-        flight = _Flight(batch, [None] * len(batch.items))
-        if Bad not in set(map(type, batch.items)):  # the common case: no dead letters
-            docs = list(range(len(batch.items)))
-        else:
-            docs = self._start_dead_letters(flight)
+        flight = Flight(batch, [None] * len(batch.items))
+        docs = document_indexes(batch.items)
+        if len(docs) < len(batch.items):
+            self._send_dead_letters(flight)
         if self._dedup is None:
             self._send_docs(flight, docs)
         else:
             flight.to_reserve = docs
         self._flights.append(flight)
 
-    def _start_dead_letters(self, flight: _Flight) -> list[int]:
-        """Produce a batch's dead letters; returns the indexes of its documents."""
-        docs: list[int] = []
+    def _send_dead_letters(self, flight: Flight) -> None:
         for i, item in enumerate(flight.batch.items):
-            if type(item) is Candidate:
-                docs.append(i)
+            if not isinstance(item, Bad):
                 continue
-            assert isinstance(item, Bad)
             msg = rejected(
                 item.rejection, original=item.original, source=item.source, service=SERVICE
             )
             dead_letter = (msg.SerializeToString(), item.source.encode())
             flight.dead_letters[i] = dead_letter
             self._send(flight, self._dlq_topic, *dead_letter)
-        return docs
 
-    def _send(self, flight: _Flight, topic: str, value: bytes, key: bytes) -> None:
+    def _send(self, flight: Flight, topic: str, value: bytes, key: bytes) -> None:
         """Produce one record, waiting for room in librdkafka's queue when it is full."""
         flight.unacked += 1
         while True:
@@ -270,7 +225,7 @@ class Publisher:
             except BufferError:
                 self._producer.poll(0.05)
 
-    def _send_docs(self, flight: _Flight, indexes: list[int]) -> None:
+    def _send_docs(self, flight: Flight, indexes: list[int]) -> None:
         """Produce reserved documents: ``_send`` unrolled, as this runs per document."""
         items = cast(list[Candidate], flight.batch.items)  # these indexes are documents
         produce = self._producer.produce
@@ -289,7 +244,7 @@ class Publisher:
                 except BufferError:
                     self._producer.poll(0.05)
 
-    def _resend(self, flight: _Flight, index: int) -> None:
+    def _resend(self, flight: Flight, index: int) -> None:
         flight.unacked -= 1  # _send counts it again
         if index in flight.dead_letters:
             self._send(flight, self._dlq_topic, *flight.dead_letters[index])
@@ -322,7 +277,7 @@ class Publisher:
             return
         # The batches due, together in one round trip (up to a bound, so that the first
         # of them are published while Redis answers for the next).
-        due: list[_Flight] = []
+        due: list[Flight] = []
         n_docs = 0
         for flight in self._flights:
             if flight.to_reserve and flight.retry_at <= now and n_docs < RESERVE_DOCS_PER_CALL:
@@ -333,49 +288,34 @@ class Publisher:
         answers: list[Future[Reservation]] = []
         for flight in due:
             flight.asked, flight.to_reserve = flight.to_reserve, []
-            flight.asked_keys = _keys(flight.batch.items, flight.asked)
+            flight.asked_keys = dedup_keys(flight.batch.items, flight.asked)
             flight.reserving = Future()
             answers.append(flight.reserving)
         groups = [flight.asked_keys for flight in due]
         self._asking.append(self._redis.submit(_reserve_all, self._dedup, groups, answers))
 
-    def _apply(self, flight: _Flight, verdicts: list[Verdict], now: float) -> None:
+    def _apply(self, flight: Flight, verdicts: list[Verdict], now: float) -> None:
         """Produce what was reserved; drop duplicates; keep busy ones for later."""
-        asked = flight.asked
-        if verdicts.count(Verdict.NEW) == len(asked):
-            self._send_docs(flight, asked)
-            flight.reserved_keys.extend(flight.asked_keys)
-            flight.retry_delay = 0.05
-            return
-        items = flight.batch.items
-        new: list[int] = []
-        busy: list[int] = []
+        new, new_keys, busy, duplicates = sort_verdicts(flight, verdicts)
         connector = flight.batch.connector
-        for i, key, verdict in zip(asked, flight.asked_keys, verdicts, strict=True):
-            if verdict is Verdict.NEW:
-                new.append(i)
-                flight.reserved_keys.append(key)
-            elif verdict is Verdict.BUSY:
-                busy.append(i)
-            else:
-                flight.outcomes[i] = Outcome.DUPLICATE
-                item = cast(Candidate, items[i])
-                by_text = verdict is Verdict.DUPLICATE_TEXT or item.source_doc_id is None
-                metrics.DUPLICATES.labels(connector, "text" if by_text else "id").inc()
+        for i, by_text in duplicates:
+            flight.outcomes[i] = Outcome.DUPLICATE
+            metrics.DUPLICATES.labels(connector, "text" if by_text else "id").inc()
         self._send_docs(flight, new)
+        flight.reserved_keys.extend(new_keys)
         flight.to_reserve.extend(busy)
         if busy:
             metrics.DEDUP_BUSY.labels(connector).inc(len(busy))
             self._backoff(flight, now, None)
         else:
-            flight.retry_delay = 0.05
+            flight.retry_delay = FIRST_RETRY_DELAY_S
 
     @staticmethod
-    def _backoff(flight: _Flight, now: float, why: str | None) -> None:
+    def _backoff(flight: Flight, now: float, why: str | None) -> None:
         if why is not None:
             log.warning("%s; retrying in %.2fs", why, flight.retry_delay)
         flight.retry_at = now + flight.retry_delay
-        flight.retry_delay = min(flight.retry_delay * 2, 2.0)
+        flight.retry_delay = next_retry_delay(flight.retry_delay)
 
     def _handle_failures(self) -> None:
         """Retry what the broker refused; after too many attempts, mark it failed."""
@@ -383,15 +323,13 @@ class Publisher:
             if not flight.failures:
                 continue
             failures, flight.failures = flight.failures, []
-            for err, msg in failures:
-                if err.fatal():
-                    raise KafkaException(err)
-                index = _index_of(flight, msg)
+            for err, value in failures:
+                index = index_of(flight, value)
                 attempts = flight.attempts.get(index, 1)
-                retriable = err.retriable() or err.code() == KafkaError._MSG_TIMED_OUT
-                if retriable and attempts < self._max_attempts:
-                    # Unknown whether it was written: the same record again is safe,
-                    # consumers are idempotent by document id.
+                action = after_failure(err, attempts, self._max_attempts)
+                if action is Action.STOP:
+                    raise KafkaException(err)
+                if action is Action.RETRY:
                     log.warning("delivery failed (%s); retrying (%d)", err, attempts)
                     flight.attempts[index] = attempts + 1
                     self._resend(flight, index)
@@ -431,39 +369,20 @@ class Publisher:
         if self._to_confirm and time.monotonic() >= self._confirm_retry_at:
             flights, self._to_confirm = self._to_confirm, []
             self._confirming = (
-                self._redis.submit(self._dedup.confirm, *_published(flights)),
+                self._redis.submit(self._dedup.confirm, *confirmations(flights)),
                 flights,
             )
 
-    def _complete(self, flight: _Flight) -> None:
-        batch = flight.batch
-        outcomes: list[Outcome]
-        if not flight.dead_letters and flight.outcomes.count(None) == len(flight.outcomes):
-            outcomes = [Outcome.PUBLISHED] * len(flight.outcomes)  # the common case
-            published = len(outcomes)
-        else:
-            outcomes, published = self._tally(flight)
-        if published:
-            metrics.PUBLISHED.labels(batch.connector).inc(published)
-        self._notify(batch, outcomes)
-
-    @staticmethod
-    def _tally(flight: _Flight) -> tuple[list[Outcome], int]:
+    def _complete(self, flight: Flight) -> None:
         connector = flight.batch.connector
-        outcomes: list[Outcome] = []
-        published = 0
-        for item, outcome in zip(flight.batch.items, flight.outcomes, strict=True):
-            if outcome is None:
-                if isinstance(item, Bad):
-                    outcome = Outcome.REJECTED
-                    metrics.REJECTED.labels(connector, item.rejection.reason_name).inc()
-                else:
-                    outcome = Outcome.PUBLISHED
-                    published += 1
-            elif outcome is Outcome.FAILED:
-                metrics.FAILED.labels(connector).inc()
-            outcomes.append(outcome)
-        return outcomes, published
+        outcomes, published, rejections, failed = tally(flight)
+        if published:
+            metrics.PUBLISHED.labels(connector).inc(published)
+        for reason in rejections:
+            metrics.REJECTED.labels(connector, reason).inc()
+        if failed:
+            metrics.FAILED.labels(connector).inc(failed)
+        self._notify(flight.batch, outcomes)
 
     def _notify(self, batch: Batch, outcomes: list[Outcome]) -> None:
         try:
@@ -488,39 +407,28 @@ class Publisher:
             log.exception("could not confirm the last batches")
         if self._redis is not None:
             self._redis.shutdown(wait=True, cancel_futures=True)
-        unfinished = self._flights + self._to_confirm
+        open_flights = self._flights + self._to_confirm
         if self._confirming is not None:
-            unfinished += self._confirming[1]
+            open_flights += self._confirming[1]
             self._confirming = None
         while True:
             try:
-                unfinished.append(_Flight(self._inbox.get_nowait(), []))
+                open_flights.append(Flight(self._inbox.get_nowait(), []))
             except queue.Empty:
                 break
         leases: list[DedupKey] = list(self._abandoned)
-        for flight in unfinished:
-            for i in flight.reserved:
-                item = flight.batch.items[i]
-                if isinstance(item, Candidate):
-                    leases.append((item.source_doc_id, item.content))
+        for flight in open_flights:
+            leases.extend(leased(flight))
         if leases and self._dedup is not None:
             try:
                 self._dedup.release(leases)
             except redis.RedisError as exc:
                 log.warning("could not release %d leases (they expire): %s", len(leases), exc)
-        for flight in unfinished:
-            # Only "duplicate" is final before a batch settles; whatever else was
-            # under way is reported failed, so no connector checkpoints past it.
-            self._notify(
-                flight.batch,
-                [
-                    Outcome.DUPLICATE if o is Outcome.DUPLICATE else Outcome.FAILED
-                    for o in (flight.outcomes or [None] * len(flight.batch.items))
-                ],
-            )
+        for flight in open_flights:
+            self._notify(flight.batch, unfinished(flight))
         self._flights, self._to_confirm = [], []
-        if unfinished:
-            log.warning("stopped with %d batches unfinished (not checkpointed)", len(unfinished))
+        if open_flights:
+            log.warning("stopped with %d batches unfinished (not checkpointed)", len(open_flights))
 
     def _finish_in_redis(self, deadline: float) -> None:
         """After the final flush, within the deadline: nothing new is reserved (what a
@@ -545,7 +453,7 @@ class Publisher:
             if waiting:
                 wait(waiting, timeout=max(0.0, deadline - time.monotonic()))
 
-    def _abandon(self, flight: _Flight, indexes: list[int], *, leased: bool) -> None:
+    def _abandon(self, flight: Flight, indexes: list[int], *, leased: bool) -> None:
         items = flight.batch.items
         for i in indexes:
             flight.outcomes[i] = Outcome.FAILED
@@ -555,8 +463,8 @@ class Publisher:
 
     def _handle_failures_quietly(self) -> None:
         for flight in self._flights:
-            for _err, msg in flight.failures:
-                flight.outcomes[_index_of(flight, msg)] = Outcome.FAILED
+            for _err, value in flight.failures:
+                flight.outcomes[index_of(flight, value)] = Outcome.FAILED
                 flight.unacked -= 1
             flight.failures = []
 
@@ -574,40 +482,3 @@ def _reserve_all(
         return
     for answer, reservation in zip(answers, reservations, strict=True):
         answer.set_result(reservation)
-
-
-def _keys(items: list[Item], indexes: list[int]) -> list[DedupKey]:
-    """The dedup keys of these documents of a batch."""
-    return [(c.source_doc_id, c.content) for c in (cast(Candidate, items[i]) for i in indexes)]
-
-
-def _published(flights: list[_Flight]) -> tuple[list[DedupKey], list[str]]:
-    """What these batches published, for ``Deduplicator.confirm``: the reservations of
-    batches where nothing failed (all they leased was published), and the documents
-    themselves of the others (duplicates and failures left out)."""
-    keys: list[DedupKey] = []
-    reservations: list[str] = []
-    for flight in flights:
-        outcomes = flight.outcomes
-        if Outcome.FAILED not in outcomes:
-            reservations.extend(flight.reservations)
-            continue
-        keys.extend(
-            key
-            for i, key in zip(flight.reserved, flight.reserved_keys, strict=True)
-            if outcomes[i] is None
-        )
-    return keys, reservations
-
-
-def _index_of(flight: _Flight, msg: Message) -> int:
-    """Which item a failed delivery report is about (failures are rare: a scan is fine)."""
-    value = msg.value()
-    for index, dead_letter in flight.dead_letters.items():
-        if dead_letter[0] == value:
-            return index
-    for index in flight.reserved:
-        item = flight.batch.items[index]
-        if isinstance(item, Candidate) and item.value == value:
-            return index
-    raise RuntimeError("delivery report for a record this batch never produced")

@@ -1,12 +1,11 @@
 """Building documents from file records, in this process or in worker processes.
 
-JSONL records mostly take the compiled builder, which works without the GIL beside
-the publisher's threads, so one process is usually fastest. Records the Python
-builder takes (redaction, markup, attribute fields, CSV) cost several times more, and
-Python runs them on one core at a time: for such loads ``workers > 1`` builds chunks
-of records in other processes while this one reads, deduplicates and produces. Chunks
-come back in the order they were read, so documents of one entity keep their file
-order.
+Building runs in Python, under the GIL, beside the publisher's threads. One process
+is fastest where the machine has no cores to spare (the broker, Redis and
+librdkafka's threads need theirs); where it has, or records are costly (redaction,
+markup, CSV), ``workers > 1`` builds chunks of records in other processes while this
+one reads, deduplicates and produces. Chunks come back in the order they were read,
+so documents of one entity keep their file order.
 """
 
 from __future__ import annotations
@@ -40,8 +39,8 @@ def build_items(
 ) -> list[Item]:
     """One item per record: a document candidate, or a dead letter saying why not."""
     if fmt == "jsonl":
-        # The head of an oversized line is longer than the cap: from_json_line (which
-        # takes what the compiled builder declines) refuses it as too large.
+        # The head of an oversized line is longer than the cap: from_json_line
+        # refuses it as too large.
         return builder.from_json_lines(records, now_ns)
     too_large = builder.too_large
     columns = header or []

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sentiflow.cli import build_parser
 from services.ingest.config import IngestSettings
 from services.ingest.main import settings_from_args
+from stack.cli import build_parser
 
 
 def settings(*argv: str) -> IngestSettings:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sentiflow.dlq import RejectError, reason_name
+from services.ingest import decode
 from services.ingest.config import FieldMap
 from services.ingest.decode import (
     csv_fields,
@@ -18,6 +19,8 @@ from services.ingest.decode import (
     json_body,
     json_record,
     parse_csv_record,
+    parse_json,
+    parse_json_bytes,
 )
 
 FIELDS = FieldMap(attributes=["lang_hint", "meta.score"])
@@ -160,3 +163,169 @@ def test_fuzz_csv_never_crashes(text: str) -> None:
         *REASONS,
         None,
     }
+
+
+# -- the fast decoder is the strict parser -------------------------------------------------
+
+
+def strict(data: bytes) -> object:
+    """The definition: the standard library's parser under parse_json's rules."""
+    return parse_json(decode_bytes(data))
+
+
+def decoded(parse: Callable[[bytes], object], data: bytes) -> tuple[str, str]:
+    """What a parser made of the input, types and all ("1" and "1.0" differ), or the
+    reason and detail it refused it with."""
+    try:
+        return "value", repr(parse(data))
+    except RejectError as exc:
+        return reason_name(exc.rejection.reason), exc.rejection.detail
+
+
+def assert_same_as_strict(data: bytes) -> None:
+    assert decoded(parse_json_bytes, data) == decoded(strict, data), data
+
+
+TRICKY = [
+    b'{"text": "a", "text": "b"}',  # duplicate keys
+    b'{"text": "a", "t\\u0065xt": "b"}',  # the same key, escaped
+    b'{"a": {"b": 1, "b": 2}}',  # duplicate keys, nested
+    b'[{"a": 1}, {"a": 2, "a": 3}]',
+    b'{"x": "\\u003a", "a": 1, "a": 2}',  # an escaped colon beside a duplicate
+    b'{"x": "\\u003A", "a": "::", "a": ":"}',
+    b'{"a:b": 1, "a:b": 2}',
+    b'{"text": "\\ud83d\\ude80 up"}',  # a surrogate pair
+    b'{"text": "\\ud83d up"}',  # a lone surrogate
+    b'{"text": "ok", "n": 1e400}',  # a float overflow: inf for the strict parser
+    b'{"text": "ok", "n": -1e400}',
+    b'{"text": "ok", "n": 1e-400}',
+    b'{"text": "ok", "n": NaN}',
+    b'{"text": "ok", "n": Infinity}',
+    b'{"text": "ok", "n": -Infinity}',
+    b'{"text": "ok", "n": -0}',
+    b'{"text": "ok", "n": -0.0}',
+    b'{"text": "ok", "n": 01}',
+    b'{"text": "ok", "n": 1.}',
+    b'{"text": "ok", "n": .5}',
+    b'{"text": "ok", "n": +1}',
+    b'{"text": "ok", "n": 1E+2}',
+    b'{"text": "ok",}',
+    b'{"text": "ok"} x',
+    b'{"text": "ok"}\n',
+    b'\t{"text": "ok"}\r ',
+    b'\x0c{"text": "ok"}',
+    b'{"text": "ok"}\x0b',
+    b'\xef\xbb\xbf{"text": "ok"}',
+    b'\xff\xfe{"text": "ok"}',
+    b'{"text": "caf\xc3\xa9"}',
+    b'{"text": "bad \xc3"}',
+    b'{"text": "bad \xed\xa0\x80"}',
+    b'{"text": "overlong \xc0\xaf"}',
+    b'{"text": "\xf4\x90\x80\x80"}',  # beyond U+10FFFF
+    b'{"text": "ok", "id": 12345678901234567890123}',  # beyond 64 bits
+    b'{"text": "ok", "id": 18446744073709551615}',
+    b'{"text": "ok", "id": 18446744073709551616}',
+    b'{"text": "ok", "id": -9223372036854775809}',
+    b'{"text": "ok", "id": ' + b"9" * 4300 + b"}",
+    b'{"text": "ok", "id": ' + b"9" * 4301 + b"}",
+    b'{"text": "ok", "published_at": 1700000000.25}',
+    b'{"text": "ok", "n": 123456789012345678901234567890.5}',
+    b'{"text": "ok", "n": 2.2250738585072011e-308}',
+    b'{"text": "ok", "n": 9007199254740993}',
+    b'{"text": "ok", "n": 9007199254740993.0}',
+    b'{"text": "tab\tinside"}',
+    b'{"text": "del\x7f inside", "c1": "\xc2\x85"}',
+    b'{"text": "\\u0000"}',
+    b'{"text": "\\/\\b\\f\\n\\r\\t\\"\\\\"}',
+    b'{"text": "\\x41"}',
+    b'{"text": "\\u00e9\\u00E9"}',
+    b'{"a": true, "b": false, "c": null, "d": [], "e": {}}',
+    b'{"a": tru}',
+    b"[]",
+    b'"just a string"',
+    b"42",
+    b"null",
+    b"",
+    b"   ",
+    b"{}",
+    b"{" * 64 + b"}" * 64,
+    b"[" * 64 + b"]" * 64,
+    b"[" * 65 + b"]" * 65,
+    b'{"a": ' * 64 + b"1" + b"}" * 64,
+    b'{"a": ' * 65 + b"1" + b"}" * 65,
+    b"[" + b"{}, " * 100 + b"{}]",  # many objects, shallow: no depth problem
+    b'{"text": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}',
+]
+
+
+@pytest.mark.parametrize("data", TRICKY)
+def test_the_fast_decoder_agrees_with_the_strict_parser(data: bytes) -> None:
+    assert_same_as_strict(data)
+
+
+@settings(max_examples=1500)
+@given(st.binary(max_size=80) | st.sampled_from(TRICKY))
+def test_the_fast_decoder_agrees_on_any_bytes(data: bytes) -> None:
+    assert_same_as_strict(data)
+
+
+class Literal(str):
+    """A number as it is spelled in the JSON text ("1E+2", "-0.0", 30 digits)."""
+
+
+class Pairs(list[tuple[str, object]]):
+    """An object as it is spelled: its keys may repeat."""
+
+
+literals = st.one_of(
+    st.integers(min_value=2**62, max_value=2**66).map(str),
+    st.integers(min_value=-(2**66), max_value=-(2**62)).map(str),
+    st.decimals(allow_nan=False, allow_infinity=False).map(str),
+    st.from_regex(r"-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?", fullmatch=True),
+).map(Literal)
+scalars = st.none() | st.booleans() | st.integers() | st.floats() | literals | st.text(max_size=20)
+keys = st.text(max_size=6) | st.sampled_from(["text", "id", "a:b", ":", "\u003a"])
+spelled = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.lists(st.tuples(keys, inner), max_size=4).map(Pairs)
+    ),
+    max_leaves=20,
+)
+
+
+def spell(value: object, ascii_only: bool, gap: str) -> str:
+    if isinstance(value, Literal):
+        return str(value)
+    if isinstance(value, Pairs):
+        pairs = [
+            f"{spell(k, ascii_only, gap)}{gap}:{gap}{spell(v, ascii_only, gap)}" for k, v in value
+        ]
+        return "{" + f",{gap}".join(pairs) + "}"
+    if isinstance(value, list):
+        return "[" + f",{gap}".join(spell(v, ascii_only, gap) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=ascii_only)  # NaN and Infinity for floats
+
+
+@settings(max_examples=1500)
+@given(spelled, st.booleans(), st.sampled_from(["", " ", "\t\n "]))
+def test_the_fast_decoder_agrees_on_generated_json(
+    value: object, ascii_only: bool, gap: str
+) -> None:
+    text = spell(value, ascii_only, gap)
+    assert_same_as_strict(text.encode("utf-8", "surrogatepass"))
+
+
+def test_ordinary_records_never_need_the_strict_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(text: str) -> object:
+        raise AssertionError(f"the strict parser ran for {text!r}")
+
+    monkeypatch.setattr(decode, "parse_json", refuse)
+    lines = [
+        b'{"id": "tw-1", "text": "$AAPL up: https://t.co/x", "published_at": 1700000000}',
+        json.dumps({"id": 7, "text": "caf\u00e9 \u201c$SAP\u201d \U0001f680", "n": -1.5}).encode(),
+        b'{"text": "escaped \\u00e9, \\ud83d\\ude80, \\"quoted\\"", "m": {"a": [{"b": null}]}}',
+        b' {"text": "spaced", "url": "https://x.y/a:b"} ',
+    ]
+    for line in lines:
+        assert parse_json_bytes(line) == json.loads(line)

@@ -22,8 +22,8 @@ from prometheus_client import REGISTRY
 from services.ingest.checkpoint import load_state
 from services.ingest.config import IngestSettings
 from services.ingest.main import run_files
-from tests.conftest import REPO_ROOT
 from tests.ingest.conftest import Readers, reasons, with_options
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -211,7 +211,7 @@ def _follower(settings: IngestSettings, path: Path, state_file: Path) -> subproc
     }
     return subprocess.Popen(
         [
-            *(sys.executable, "-m", "sentiflow.cli", "ingest", "files", str(path), "--follow"),
+            *(sys.executable, "-m", "stack.cli", "ingest", "files", str(path), "--follow"),
             *("--state-file", str(state_file), "--no-progress"),
         ],
         cwd=REPO_ROOT,

@@ -7,7 +7,7 @@ import unicodedata
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sentiflow.dlq import RejectError, reason_name
@@ -76,10 +76,74 @@ def test_over_limit_truncates_deterministically_or_rejects() -> None:
 
 
 @given(st.text(max_size=300))
-def test_fast_path_matches_full_cleaning(text: str) -> None:
-    """clean_for_model skips the regexes for plain ASCII; the result must not differ."""
+def test_the_clean_text_shortcut_matches_full_cleaning(text: str) -> None:
+    """clean_for_model skips the regexes for text already clean; the result must not
+    differ."""
     slow = unicodedata.normalize("NFC", text)
     assert clean_for_model(text) == clean_for_model(slow + "\u200b")
+
+
+PIECES = [
+    "$AAPL",
+    "caf\u00e9",
+    "e\u0301",
+    "\u0301",
+    "가\u11a8",
+    "\U0001f680",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\u00a0",
+    "\u3000",
+    "\u200b",
+    "\u00ad",
+    "\u2028",
+    "\x00",
+    "\x07",
+    "\x7f",
+    "\x85",
+    "\ud800",
+    "\ue000",
+    "<b>",
+    "</p>",
+    "<!--",
+    "&amp;",
+    "&",
+    "a < b",
+    "x" * 7,
+]
+texts = st.lists(st.sampled_from(PIECES) | st.text(max_size=4), max_size=8).map("".join)
+
+
+def defined(raw: str, max_chars: int, html_markup: bool) -> tuple[str, bool] | str:
+    """normalize_text as its docstring defines it, step by step: the text and the
+    truncation flag, or the reason for refusing it."""
+    if "\x00" in raw:
+        return "invalid_field"
+    if any("\ud800" <= c <= "\udfff" for c in raw):
+        return "invalid_utf8"
+    text = clean_for_model(strip_html(raw) if html_markup else raw)
+    if not text:
+        return "empty_text"
+    if len(text) <= max_chars:
+        return text, False
+    return text[:max_chars].rstrip(), True
+
+
+@settings(max_examples=500)
+@given(texts, st.integers(min_value=1, max_value=12), st.booleans())
+def test_normalisation_is_its_definition(raw: str, max_chars: int, html_markup: bool) -> None:
+    got: tuple[str, bool] | str
+    try:
+        clean = normalize_text(
+            raw, max_chars=max_chars, over_limit="truncate", html_markup=html_markup
+        )
+        got = (clean.text, clean.truncated)
+    except RejectError as exc:
+        got = reason_name(exc.rejection.reason)
+    assert got == defined(raw, max_chars, html_markup)
 
 
 @given(st.text(max_size=300))

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from services.ingest.config import IngestSettings
-from tests.conftest import REPO_ROOT
 from tests.ingest.conftest import Readers, reasons
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ def ingest(settings: IngestSettings, *args: str, data: bytes) -> subprocess.Comp
         "SENTIFLOW_TOPICS__PREFIX": settings.topics.prefix,
     }
     return subprocess.run(
-        [sys.executable, "-m", "sentiflow.cli", "ingest", "stdin", *args],
+        [sys.executable, "-m", "stack.cli", "ingest", "stdin", *args],
         input=data,
         capture_output=True,
         cwd=REPO_ROOT,

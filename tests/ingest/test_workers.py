@@ -11,10 +11,11 @@ from importlib.machinery import ModuleSpec
 
 import pytest
 
+from sentiflow.dlq import reason_name
 from services.ingest import workers
 from services.ingest.config import IngestOptions
 from services.ingest.documents import Bad, Candidate, DocumentBuilder
-from services.ingest.workers import _preload, build_items
+from services.ingest.workers import Oversized, _preload, build_items
 
 
 def main_module(name: str | None) -> types.ModuleType:
@@ -27,7 +28,7 @@ def main_module(name: str | None) -> types.ModuleType:
     ("main", "preloaded"),
     [
         ("bench.bench_ingest", ["services.ingest.workers", "bench.bench_ingest"]),
-        ("sentiflow.cli", ["services.ingest.workers", "sentiflow.cli"]),
+        ("stack.cli", ["services.ingest.workers", "stack.cli"]),
         # A package's __main__ may run the program when imported: left out.
         ("pytest.__main__", ["services.ingest.workers"]),
         # A script run by path (the installed console script) has no module name.
@@ -53,3 +54,14 @@ def test_a_chunk_comes_back_from_a_worker_as_built(monkeypatch: pytest.MonkeyPat
     assert items == build_items(builder, "jsonl", None, records, now_ns)
     assert [type(i) for i in items] == [Candidate, Bad, Candidate]
     assert redactions == {}
+
+
+def test_oversized_records_stay_dead_letters() -> None:
+    builder = DocumentBuilder(IngestOptions(max_record_bytes=64), "file:x.jsonl")
+    head = Oversized(b'{"text": "' + b"x" * 80)
+    now_ns = 1_700_000_000 * 1_000_000_000
+    items = build_items(builder, "jsonl", None, [b'{"text": "fine"}', head], now_ns)
+    assert isinstance(items[0], Candidate)
+    assert isinstance(items[1], Bad)
+    assert reason_name(items[1].rejection.reason) == "too_large"
+    assert items[1].original == head

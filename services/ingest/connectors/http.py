@@ -15,7 +15,6 @@ can simply retry: ids make retries harmless. Answers:
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import threading
@@ -30,6 +29,7 @@ from typing import Any
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from sentiflow.apikeys import KeyRing
 from sentiflow.dlq import RejectError
 from services.ingest import metrics
 from services.ingest.config import IngestOptions
@@ -104,7 +104,7 @@ class HttpConnector:
         self._publisher = publisher
         self._options = options
         self._ready = ready or (lambda: (publisher.alive(), {}))
-        self._keys = [k.get_secret_value().encode() for k in options.api_keys]
+        self._keys = KeyRing(options.api_keys)
         self._server = ThreadingHTTPServer(
             (options.http_host, options.http_port), self._handler_class()
         )
@@ -139,10 +139,7 @@ class HttpConnector:
         auth = headers.get("Authorization") or ""
         if not given and auth.lower().startswith("bearer "):
             given = auth[7:].strip()
-        token = given.encode()
-        # Compare against every key, so timing does not tell which one almost matched.
-        matches = [hmac.compare_digest(token, key) for key in self._keys]
-        return any(matches)
+        return self._keys.identify(given) is not None
 
     def read_body(self, handler: BaseHTTPRequestHandler) -> tuple[bytes, str]:
         """The request body, decompressed and capped, and its declared charset."""
