@@ -1,10 +1,20 @@
 """Webhook delivery: an HTTP POST of the alert as JSON, signed, retried, then given up.
 
-Receivers authenticate a delivery by recomputing the HMAC-SHA256 of the raw body with
-the shared secret and comparing it with ``X-Sentiflow-Signature-256``
-(``sha256=<hex>``, as GitHub does). A delivery can arrive more than once (the service
-is at-least-once); ``X-Sentiflow-Delivery`` is the same for every repeat of one alert
-event, so receivers de-duplicate on it.
+Deliveries follow the Standard Webhooks specification (https://www.standardwebhooks.com/),
+so a receiver verifies them with any of its libraries and the target's ``whsec_``
+secret, e.g. in Python ``standardwebhooks.Webhook(secret).verify(body, headers)``:
+
+- ``webhook-id`` is the same for every attempt of one delivery (one alert event to one
+  target), and for a delivery sent again after a crash: the service is at-least-once,
+  and receivers de-duplicate on it.
+- ``webhook-timestamp`` is when the attempt was signed (Unix seconds); each attempt is
+  signed afresh, so a retry after a long backoff is not refused as stale.
+- ``webhook-signature`` is ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``. It covers
+  the timestamp, so verifiers refuse a captured delivery once it is older than their
+  tolerance (five minutes in the spec's libraries), and a new timestamp breaks it.
+
+``X-Sentiflow-Event`` names the kind (``raised``, ``resolved``) for routing without
+parsing the body.
 
 Retries: connection errors, timeouts, 408, 425, 429 and 5xx are retried with
 exponential backoff (a 429's Retry-After is honoured up to the cap); any other status
@@ -16,22 +26,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
+import math
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from standardwebhooks import Webhook
 
 from sentiflow.v1 import events_pb2
-from services.alerting.config import WebhookTarget
+from services.alerting.config import WebhookTarget, webhook_key
 
-SIGNATURE_HEADER = "X-Sentiflow-Signature-256"
-DELIVERY_HEADER = "X-Sentiflow-Delivery"
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
 EVENT_HEADER = "X-Sentiflow-Event"
 USER_AGENT = "sentiflow-alerting/1"
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -105,7 +118,7 @@ def alert_payload(alert: events_pb2.Alert) -> dict[str, object]:
     """The JSON body of a webhook: the alert, with readable enums and ISO times."""
     return {
         "alert_id": alert.alert_id,
-        "kind": _name(events_pb2.AlertKind, alert.kind, "ALERT_KIND_"),
+        "kind": _kind(alert),
         "entity": alert.entity,
         "source": alert.source,
         "window_start": _iso(alert.window_start),
@@ -125,26 +138,45 @@ def encode(payload: Mapping[str, object]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
 
 
-def sign(body: bytes, secret: str) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def _kind(alert: events_pb2.Alert) -> str:
+    return _name(events_pb2.AlertKind, alert.kind, "ALERT_KIND_")
 
 
-def verify(body: bytes, secret: str, signature: str) -> bool:
-    """What a receiver runs: constant-time comparison of the signature header."""
-    return hmac.compare_digest(sign(body, secret), signature)
+def delivery_id(alert: events_pb2.Alert, target: WebhookTarget) -> str:
+    """The ``webhook-id`` of the alert event's delivery to ``target``.
+
+    Derived rather than random, so retries and a re-send after a crash repeat it and a
+    receiver can drop the repeat; the target's URL is part of it, so two targets that
+    end at one receiver are still two deliveries. Hashed, so the id is safe in a header
+    whatever the alert id holds, and a token in the URL does not travel in it.
+    """
+    parts = (alert.alert_id, _kind(alert), str(target.url))
+    return "msg_" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
-def request_headers(target: WebhookTarget, body: bytes, alert: events_pb2.Alert) -> dict[str, str]:
-    kind = _name(events_pb2.AlertKind, alert.kind, "ALERT_KIND_")
-    headers = {
+def signer(target: WebhookTarget) -> Webhook | None:
+    """The target's signing key, decoded by the config's strict rule (which refuses
+    what the library would misread), or None for a target without a secret."""
+    if target.secret is None:
+        return None
+    return Webhook(webhook_key(target.secret.get_secret_value()))
+
+
+def signature_headers(sign_with: Webhook, msg_id: str, body: bytes, at_s: float) -> dict[str, str]:
+    """The timestamp and signature of one attempt, signed at ``at_s`` (Unix seconds)."""
+    seconds = math.floor(at_s)
+    signature = sign_with.sign(msg_id, datetime.fromtimestamp(seconds, UTC), body.decode())
+    return {TIMESTAMP_HEADER: str(seconds), SIGNATURE_HEADER: signature}
+
+
+def request_headers(target: WebhookTarget, alert: events_pb2.Alert) -> dict[str, str]:
+    """What every attempt of the delivery carries; the signature is added per attempt."""
+    return {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        EVENT_HEADER: kind,
-        DELIVERY_HEADER: f"{alert.alert_id}:{kind}",
+        EVENT_HEADER: _kind(alert),
+        ID_HEADER: delivery_id(alert, target),
     }
-    if target.secret is not None:
-        headers[SIGNATURE_HEADER] = sign(body, target.secret.get_secret_value())
-    return headers
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -197,22 +229,27 @@ async def deliver(
     *,
     post: Post | None = None,
     sleep: Sleep = asyncio.sleep,
+    clock: Callable[[], float] = time.time,
 ) -> Delivery:
     """POST the alert to one target with retries; the result says whether it landed.
 
     The POST runs in a thread (``post`` replaces it, e.g. in tests) and the backoff
     sleeps on the event loop, so a slow receiver never blocks other work and a
-    shutdown cancels the wait.
+    shutdown cancels the wait. Each attempt is signed at ``clock()`` when it starts.
     """
     body = encode(alert_payload(alert))
-    headers = request_headers(target, body, alert)
+    headers = request_headers(target, alert)
+    sign_with = signer(target)
     url = str(target.url)
     attempt = Attempt(status=None, error="not attempted")
     for number in range(1, policy.attempts + 1):
+        sent = dict(headers)
+        if sign_with is not None:
+            sent |= signature_headers(sign_with, headers[ID_HEADER], body, clock())
         if post is None:
-            attempt = await _post_in_thread(url, body, headers, policy.timeout_s)
+            attempt = await _post_in_thread(url, body, sent, policy.timeout_s)
         else:
-            attempt = post(url, body, headers, policy.timeout_s)
+            attempt = post(url, body, sent, policy.timeout_s)
         if attempt.ok or not attempt.retryable or number == policy.attempts:
             return Delivery(target, number, attempt)
         await sleep(policy.delay(number, attempt.retry_after_s))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from sentiflow import health
 from services.console import metrics
@@ -47,6 +48,40 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 64 * 1024
+
+_AIOHTTP_REFUSAL = "Error handling request from %s"
+
+
+def redact_refusal(record: logging.LogRecord) -> None:
+    """Strip what aiohttp quotes from a request its parser refused.
+
+    The parser's error quotes the offending line, and the offending line of a bad
+    ``Authorization`` or ``Cookie`` header (a NUL, a CR, an oversized value) is the
+    caller's key or session token. The record keeps who sent it and why, at warning
+    at most, since the fault is the client's; errors raised by handlers are left as
+    they are.
+    """
+    exc = record.exc_info[1] if record.exc_info else None
+    if not isinstance(exc, HttpProcessingError):
+        return
+    args = record.args if isinstance(record.args, tuple) else ()
+    peer = args[0] if record.msg == _AIOHTTP_REFUSAL and len(args) == 1 else "a client"
+    record.msg = "refused a malformed HTTP request from %s: %s (HTTP %d)"
+    record.args = (peer, type(exc).__name__, exc.code)
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    record.levelno = min(record.levelno, logging.WARNING)
+    record.levelname = logging.getLevelName(record.levelno)
+
+
+class _RedactRefusals(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        redact_refusal(record)
+        return True
+
+
+# The logger aiohttp's connection handler reports through (instead of aiohttp.server).
+SERVER_LOG = logging.getLogger(f"{__name__}.server")
+SERVER_LOG.addFilter(_RedactRefusals())
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -90,7 +125,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(await request.content.read(MAX_BODY + 1) or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
+        # ValueError: not JSON, not UTF-8, or a number over Python's digit limit;
+        # RecursionError: nested deeper than the parser goes. A bad body, not a fault.
         raise ConsoleError(400, "the body must be a JSON object") from None
     if not isinstance(data, dict):
         raise ConsoleError(400, "the body must be a JSON object")
@@ -138,7 +175,11 @@ class ConsoleApp:
         self.access = Access(options.api_keys, options.operator_keys, options.session_ttl_s)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=MAX_BODY)
+        app = web.Application(
+            middlewares=[self._errors, self._auth],
+            client_max_size=MAX_BODY,
+            handler_args={"logger": SERVER_LOG},
+        )
         app.on_response_prepare.append(_security_headers)
         r = app.router
         r.add_get("/", self.index)

@@ -8,8 +8,6 @@ scored" and times the first answer of a new version.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 import time
 import uuid
@@ -20,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from google.protobuf.message import DecodeError
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from sentiflow.config import KafkaSettings
 from sentiflow.kafka import consumer_config
@@ -145,9 +144,10 @@ class Watcher:
 
 @dataclass
 class WebhookSink:
-    """A local webhook receiver that checks each body's HMAC-SHA256 signature."""
+    """A local webhook receiver that verifies each delivery as the Standard Webhooks
+    libraries do (signature over id, timestamp and body; timestamp within tolerance)."""
 
-    secret: str
+    secret: str  # the whsec_ secret the alerting service signs with
     port: int = 0
     received: int = 0
     valid: int = 0
@@ -158,9 +158,12 @@ class WebhookSink:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
-    def check(self, body: bytes, signature: str) -> bool:
-        expected = "sha256=" + hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
-        ok = hmac.compare_digest(expected, signature)
+    def check(self, body: bytes, headers: dict[str, str]) -> bool:
+        try:
+            Webhook(self.secret).verify(body, headers, json_parse=False)
+            ok = True
+        except (WebhookVerificationError, ValueError):  # ValueError: a malformed header
+            ok = False
         with self._lock:
             self.received += 1
             self.valid += ok
@@ -175,7 +178,7 @@ def webhook_sink(secret: str) -> Iterator[WebhookSink]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            ok = sink.check(body, self.headers.get("X-Sentiflow-Signature-256", ""))
+            ok = sink.check(body, dict(self.headers.items()))
             self.send_response(200 if ok else 401)
             self.send_header("Content-Length", "0")
             self.end_headers()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
 from services.alerting.config import AlertingOptions, AlertingSettings
 from stack.cli import build_parser
+
+# The Standard Webhooks format: whsec_ and the base64 of 24 to 64 bytes.
+SECRET = "whsec_aHVzaC00Mi1odXNoLTQyLWh1c2gtNDItaHVzaC00MiE="
 
 
 def test_environment_configures_detection_and_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -15,15 +20,15 @@ def test_environment_configures_detection_and_webhooks(monkeypatch: pytest.Monke
     monkeypatch.setenv("SENTIFLOW_ALERTING__BY_SOURCE", "true")
     monkeypatch.setenv(
         "SENTIFLOW_ALERTING__WEBHOOKS",
-        '[{"url": "https://hooks.example/a?token=t", "secret": "hush-42"}]',
+        json.dumps([{"url": "https://hooks.example/a?token=t", "secret": SECRET}]),
     )
     options = AlertingSettings().alerting
     config = options.detector
     assert (config.window_s, config.long_window_s, options.by_source) == (600, 1800, True)
     [hook] = options.webhooks
     assert hook.secret is not None
-    assert hook.secret.get_secret_value() == "hush-42"
-    assert "hush-42" not in repr(hook)
+    assert hook.secret.get_secret_value() == SECRET
+    assert SECRET.removeprefix("whsec_") not in repr(hook)
 
 
 @pytest.mark.parametrize(

@@ -1,30 +1,39 @@
-"""Webhook delivery against a real local HTTP server: signature, retries, giving up."""
+"""Webhook delivery against a real local HTTP server: Standard Webhooks signatures,
+replay refusal, retries, giving up."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import time
+from collections.abc import Callable
 
 import pytest
+from pydantic import ValidationError
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from sentiflow.v1 import events_pb2
-from services.alerting.config import WebhookTarget
+from services.alerting.config import AlertingOptions, WebhookTarget
 from services.alerting.detector import AlertEvent, Example
 from services.alerting.processor import alert_message
 from services.alerting.webhooks import (
-    DELIVERY_HEADER,
+    EVENT_HEADER,
+    ID_HEADER,
     SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     Delivery,
     RetryPolicy,
     alert_payload,
     dead_letter_detail,
     deliver,
-    verify,
+    delivery_id,
 )
 from stack import devstack
-from tests.support.alerting.webhook_server import Receiver, serving
+from tests.support.alerting.webhook_server import Received, Receiver, refusal, serving
 
-SECRET = "s3cret"
+# The spec's format: "whsec_" and the base64 of 24 to 64 random bytes (32 here).
+SECRET = "whsec_" + base64.b64encode(b"sentiflow-test-webhook-secret-32").decode()
 FAST = RetryPolicy(attempts=4, backoff_s=0.5, backoff_max_s=2.0, timeout_s=2.0)
 
 
@@ -57,38 +66,109 @@ class _Sleeps:
         self.delays.append(seconds)
 
 
-def _deliver(receiver: Receiver, policy: RetryPolicy = FAST) -> tuple[Delivery, _Sleeps]:
-    target = WebhookTarget.model_validate({"url": receiver.url, "secret": SECRET})
+def _target(receiver: Receiver, secret: str | None = SECRET) -> WebhookTarget:
+    return WebhookTarget.model_validate({"url": receiver.url, "secret": secret})
+
+
+def _deliver(
+    receiver: Receiver,
+    policy: RetryPolicy = FAST,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> tuple[Delivery, _Sleeps]:
     sleeps = _Sleeps()
-    return asyncio.run(deliver(target, _alert(), policy, sleep=sleeps)), sleeps
+    delivery = deliver(_target(receiver), _alert(), policy, sleep=sleeps, clock=clock)
+    return asyncio.run(delivery), sleeps
+
+
+def _replayed(request: Received, **changed: str) -> dict[str, str]:
+    """The captured delivery's headers as an attacker would resend them."""
+    return {**dict(request.headers), **changed}
 
 
 def test_delivers_signed_json() -> None:
-    with serving(Receiver()) as receiver:
-        result, sleeps = _deliver(receiver)
+    signed_at = time.time()
+    with serving(Receiver(secret=SECRET)) as receiver:
+        result, sleeps = _deliver(receiver, clock=lambda: signed_at)
     assert result.ok
     assert (result.attempts, sleeps.delays) == (1, [])
     [request] = receiver.received
+    assert request.verified, request.refused
     assert request.headers["Content-Type"] == "application/json"
-    assert verify(request.body, SECRET, request.headers[SIGNATURE_HEADER])
-    assert not verify(request.body + b" ", SECRET, request.headers[SIGNATURE_HEADER])
-    assert request.headers[DELIVERY_HEADER] == "a1b2:raised"
-    payload = json.loads(request.body)
-    assert payload == alert_payload(_alert())
+    assert request.headers[EVENT_HEADER] == "raised"
+    assert request.headers[ID_HEADER] == delivery_id(_alert(), _target(receiver))
+    assert request.headers[TIMESTAMP_HEADER] == str(int(signed_at))
+    assert request.headers[SIGNATURE_HEADER].startswith("v1,")
+    # What a receiver runs: the library's verifier, with the same whsec_ secret.
+    payload = Webhook(SECRET).verify(request.body, dict(request.headers))
+    assert payload == json.loads(request.body) == alert_payload(_alert())
     assert payload["kind"] == "raised"
     assert payload["severity"] == "high"
     assert payload["window_start"] == "2026-01-01T00:00:00Z"
     assert payload["examples"] == [{"doc_id": "d9", "text": "ACME plunges ünïcode ✓"}]
 
 
-def test_server_errors_are_retried_with_backoff() -> None:
-    with serving(Receiver(script=[500, 503, 502])) as receiver:
-        result, sleeps = _deliver(receiver)
+def test_a_delivery_replayed_later_is_refused() -> None:
+    """A delivery captured ten minutes ago, sent again now: the timestamp is outside
+    the verifier's tolerance, and refreshing it breaks the signature it is part of."""
+    captured_at = time.time() - 600
+    with serving(Receiver(secret=SECRET)) as receiver:
+        result, _ = _deliver(receiver, clock=lambda: captured_at)
+    [request] = receiver.received
+    assert (result.ok, result.last.status, request.verified) == (False, 401, False)
+    assert "too old" in request.refused
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        Webhook(SECRET).verify(request.body, _replayed(request))
+    fresh = _replayed(request, **{TIMESTAMP_HEADER: str(int(time.time()))})
+    with pytest.raises(WebhookVerificationError, match="No matching signature"):
+        Webhook(SECRET).verify(request.body, fresh)
+
+
+def test_a_tampered_delivery_is_refused() -> None:
+    with serving(Receiver(secret=SECRET)) as receiver:
+        result, _ = _deliver(receiver)
     assert result.ok
-    assert result.attempts == 4
+    [request] = receiver.received
+    headers = _replayed(request)
+    tampered = request.body.replace(b'"severity":"high"', b'"severity":"low"')
+    assert tampered != request.body
+    assert refusal(SECRET, headers, tampered) == (
+        "WebhookVerificationError: No matching signature found"
+    )
+    assert refusal(SECRET, headers, request.body + b" ") is not None
+    other_id = _replayed(request, **{ID_HEADER: "msg_someone-else"})
+    assert refusal(SECRET, other_id, request.body) is not None
+    other_secret = "whsec_" + base64.b64encode(b"x" * 32).decode()
+    assert refusal(other_secret, headers, request.body) is not None
+    assert refusal(SECRET, headers, request.body) is None
+
+
+def test_retries_of_one_delivery_carry_one_id_each_attempt_signed_afresh() -> None:
+    start = time.time() - 120
+    ticks = iter(range(4))
+    with serving(Receiver(script=[500, 503, 502], secret=SECRET)) as receiver:
+        result, sleeps = _deliver(receiver, clock=lambda: start + 60 * next(ticks))
+    assert (result.ok, result.attempts) == (True, 4)
     assert sleeps.delays == [0.5, 1.0, 2.0]
-    # Every repeat is the same delivery: receivers de-duplicate on its id.
-    assert len({r.headers[DELIVERY_HEADER] for r in receiver.received}) == 1
+    assert all(r.verified for r in receiver.received)
+    ids = {r.headers[ID_HEADER] for r in receiver.received}
+    assert ids == {delivery_id(_alert(), _target(receiver))}
+    stamps = [r.headers[TIMESTAMP_HEADER] for r in receiver.received]
+    assert stamps == [str(int(start + 60 * i)) for i in range(4)]
+
+
+def test_the_id_names_one_alert_event_to_one_target() -> None:
+    one = WebhookTarget.model_validate({"url": "https://one.example/hook", "secret": SECRET})
+    two = WebhookTarget.model_validate({"url": "https://two.example/hook", "secret": SECRET})
+    ids = {
+        delivery_id(_alert("raised"), one),
+        delivery_id(_alert("resolved"), one),
+        delivery_id(_alert("raised"), two),
+    }
+    assert len(ids) == 3
+    unsigned = WebhookTarget.model_validate({"url": "https://one.example/hook"})
+    assert delivery_id(_alert(), unsigned) == delivery_id(_alert(), one)  # not the secret
+    assert all(i.startswith("msg_") and i.isascii() and i.isprintable() for i in ids)
 
 
 def test_gives_up_after_the_last_attempt() -> None:
@@ -138,7 +218,41 @@ def test_without_a_secret_nothing_is_signed() -> None:
     with serving(Receiver()) as receiver:
         target = WebhookTarget.model_validate({"url": receiver.url})
         assert asyncio.run(deliver(target, _alert(), FAST)).ok
-    assert SIGNATURE_HEADER not in receiver.received[0].headers
+    [request] = receiver.received
+    assert SIGNATURE_HEADER not in request.headers
+    assert request.headers[ID_HEADER] == delivery_id(_alert(), target)  # still de-duplicable
+
+
+def test_a_secret_must_be_in_the_standard_format() -> None:
+    unpadded = SECRET.rstrip("=")
+    assert WebhookTarget.model_validate({"url": "https://h.example/", "secret": unpadded})
+    key = base64.b64encode(b"k" * 32).decode()
+    for wrong in (
+        "plain-password-of-old",  # read by the library as base64: other bytes
+        key,  # no prefix
+        "whsec_" + base64.urlsafe_b64encode(b"\xfb" * 32).decode(),  # not the standard alphabet
+        "whsec_" + base64.b64encode(b"short").decode(),  # under 24 bytes
+        "whsec_" + base64.b64encode(b"k" * 65).decode(),  # over 64 bytes
+        "whsec_",
+    ):
+        with pytest.raises(ValidationError) as refused:
+            AlertingOptions.model_validate(
+                {"webhooks": [{"url": "https://h.example/", "secret": wrong}]}
+            )
+        message = str(refused.value)
+        assert "whsec_" in message  # the rule, with how to make a secret
+        quoted = wrong.removeprefix("whsec_")
+        assert not quoted or quoted not in message
+
+
+def test_an_unpadded_secret_signs_what_receivers_verify() -> None:
+    unpadded = SECRET.rstrip("=")
+    assert unpadded != SECRET
+    with serving(Receiver(secret=unpadded)) as receiver:
+        target = WebhookTarget.model_validate({"url": receiver.url, "secret": unpadded})
+        assert asyncio.run(deliver(target, _alert(), FAST)).ok
+    assert receiver.received[0].verified
+    assert refusal(SECRET, dict(receiver.received[0].headers), receiver.received[0].body) is None
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ class Worker:
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "services.alerting.main"],
-                cwd=REPO_ROOT,
+                cwd=log_path.parent,  # Faust writes its data folder into the working directory
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
