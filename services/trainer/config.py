@@ -19,10 +19,12 @@ class TrainerOptions(BaseModel):
     group: str = "trainer"
     check_interval_s: float = Field(default=1.0, gt=0)
     retry_after_s: float = Field(default=60.0, ge=0, description="after a failed round")
-    # When a round starts (this many new settled examples, or any after max_interval_s),
-    # how it fine-tunes (``train``) and what the gate asks (``gate``): e.g.
-    # SENTIFLOW_TRAINER__ROUNDS__MIN_NEW_EXAMPLES, …__ROUNDS__TRAIN__EPOCHS,
-    # …__ROUNDS__GATE__TOLERANCE, …__ROUNDS__PROMOTE_TO=shadow.
+    # When a round starts (this many new settled examples, or any after max_interval_s,
+    # once the flow paused for quiet_s or the oldest waited max_wait_s), how it
+    # fine-tunes (``train``, from ``start_from``) and what the gate asks (``gate``): e.g.
+    # SENTIFLOW_TRAINER__ROUNDS__MIN_NEW_EXAMPLES, …__ROUNDS__QUIET_S,
+    # …__ROUNDS__TRAIN__EPOCHS, …__ROUNDS__GATE__FORGETTING_BUDGET,
+    # …__ROUNDS__PROMOTE_TO=shadow.
     rounds: RoundConfig = RoundConfig()
     shadow_share: float = Field(default=0.2, ge=0, le=1)
     # With rounds.promote_to = "shadow", the trainer judges the shadow from docs.scored

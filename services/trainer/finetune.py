@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,6 +46,36 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """Where a run stands after a step, for whoever watches a round that takes minutes."""
+
+    step: int
+    total_steps: int
+    examples: int  # documents trained on so far, counting repeats across epochs
+    seconds: float
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.examples / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float:
+        if self.step <= 0:
+            return float("nan")
+        return self.seconds / self.step * (self.total_steps - self.step)
+
+    def milestone(self, parts: int = 10) -> bool:
+        """Whether this step completes one of ``parts`` equal shares of the run (or the
+        first step), so a log line per share reports progress at any run length."""
+        if self.step <= 1 or self.step >= self.total_steps:
+            return True
+        return self.step * parts // self.total_steps > (self.step - 1) * parts // self.total_steps
+
+
+ProgressCallback = Callable[[TrainProgress], None]
 
 
 def resolve_device(model: nn.Module) -> torch.device:
@@ -188,11 +218,14 @@ def train(
     labels: Sequence[str],
     config: TrainConfig,
     progress: bool = True,
+    on_step: ProgressCallback | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` in place on (text, label name) pairs.
 
     The same model, data and seed give the same weights on the same hardware: the
     shuffling, dropout and head initialisation all draw from seeded generators.
+    ``on_step`` hears about every step (a service shows it on /metrics and in logs;
+    ``progress`` is the terminal bar for commands).
     """
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
@@ -223,6 +256,7 @@ def train(
     losses: list[float] = []
     started = time.perf_counter()
     step = 0
+    seen = 0
     with _progress_bar(total_steps, progress) as bar:
         while step < total_steps:
             for batch_idx in bucketed_batches(
@@ -244,9 +278,13 @@ def train(
                 scaler.update()
                 scheduler.step()
                 step += 1
+                seen += len(batch_idx)
                 losses.append(float(loss.detach()))
                 bar.update(1)
                 bar.set_postfix(loss=f"{_recent_mean(losses):.4f}", refresh=False)
+                if on_step is not None:
+                    elapsed = time.perf_counter() - started
+                    on_step(TrainProgress(step, total_steps, seen, elapsed))
     _set_training(model, False)
     seconds = time.perf_counter() - started
     return TrainResult(

@@ -17,6 +17,9 @@ Schedule = Literal["linear", "cosine", "constant"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 # A candidate that passes the gate goes to production at once, or to shadow first.
 PromoteTo = Literal["production", "shadow"]
+# The checkpoint a round fine-tunes: the serving version, or the root of its lineage
+# (the bootstrap version, trained on seed data alone).
+StartFrom = Literal["production", "bootstrap"]
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,26 @@ class RoundTrainConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class RoundConfig:
+    """When a round starts and what it trains on (the rule itself is ``rounds.should_run``).
+
+    A round starts once ``min_new_examples`` settled examples arrived since the last one
+    (or any, after ``max_interval_s``) and the flow paused: none arrived for
+    ``quiet_s``, or the oldest has waited ``max_wait_s``. Analysts correct in sessions
+    of minutes, a few seconds between labels, so a minute of silence marks the end of
+    a session without holding a finished one back for long; a session that never
+    pauses still gets its round within a quarter of an hour. Every round trains on all
+    settled feedback outside the hold-out, plus ``replay_ratio`` seed examples per
+    feedback example, from ``start_from``.
+    """
+
     min_new_examples: int = 200
     max_interval_s: float = 3600.0
+    quiet_s: float = 60.0
+    max_wait_s: float = 900.0
     holdout_fraction: float = 0.2
-    replay_ratio: float = 1.0  # replayed examples per new example
+    replay_ratio: float = 1.0  # replayed seed examples per trained feedback example
     seed: int = 13
+    start_from: StartFrom = "production"
     train: RoundTrainConfig = field(default_factory=RoundTrainConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     promote_to: PromoteTo = "production"  # or "shadow": promote later, after agreement data
@@ -90,6 +108,10 @@ class RoundConfig:
             raise ValueError("min_new_examples must be at least 1")
         if self.max_interval_s <= 0:
             raise ValueError("max_interval_s must be positive")
+        if self.quiet_s < 0:
+            raise ValueError("quiet_s must not be negative")
+        if self.max_wait_s <= 0:
+            raise ValueError("max_wait_s must be positive")
         if not 0 < self.holdout_fraction < 1:
             raise ValueError("holdout_fraction must be in (0, 1)")
         if self.replay_ratio < 0:

@@ -1,12 +1,15 @@
-"""One fine-tuning round: new feedback plus replay in, a gated version out.
+"""One fine-tuning round: all feedback plus replay in, a gated version out.
 
-1. Split: feedback whose document hashes into the hold-out is never trained on; the
-   rest of what arrived since the last round is the new training data.
-2. Replay: a sample of earlier data (seed training set and older feedback) is mixed
-   in, so the model does not forget what it knew.
-3. Fine-tune from the current production version.
-4. Evaluate candidate and production on the same held-out sets; the gate decides.
-5. Register the candidate as production or rejected (with the gate's reason).
+1. Split: feedback whose document hashes into the hold-out is never trained on; all
+   the rest is this round's training data, whether or not an earlier round used it,
+   so the examples of a rejected round are not lost and each round sees every
+   correction together, not just those since the last round.
+2. Replay: a sample of the seed training set, sized to the feedback, is mixed in so
+   the model does not forget what it knew.
+3. Fine-tune from the checkpoint the recipe names (production, or the bootstrap
+   version at the root of its lineage).
+4. Both models label the same held-out sets; the gate decides (``gate.decide``).
+5. Register the candidate as production or rejected, with the gate's record and reason.
 A round that raises leaves the registry untouched: nothing is saved until step 5.
 """
 
@@ -14,33 +17,63 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sentiflow.models.modeling import label_names
 from sentiflow.models.registry import ModelRegistry, Stage, VersionInfo
+from sentiflow.models.scores import classification_report
 from services.trainer.data import in_holdout
 from services.trainer.examples import Example
-from services.trainer.finetune import evaluate, train
-from services.trainer.gate import FEEDBACK_SET, SEED_SET, Verdict, decide
+from services.trainer.finetune import ProgressCallback, predict, train
+from services.trainer.gate import FEEDBACK_SET, SEED_SET, Paired, Verdict, decide
 from services.trainer.recipe import RoundConfig
 
 Texts = list[str]
 Labels = list[str]
 
 
-def should_run(pending: int, seconds_since_last: float, config: RoundConfig) -> bool:
-    """Enough new examples, or some and enough time."""
-    if pending >= config.min_new_examples:
-        return True
-    return pending > 0 and seconds_since_last >= config.max_interval_s
+@dataclass(frozen=True)
+class Backlog:
+    """The settled examples no round has seen yet, as far as starting one goes."""
+
+    count: int
+    first_at: float  # when the oldest of them arrived
+    last_at: float  # when the newest arrived: the flow has been quiet since
+
+    @staticmethod
+    def of(pending: Sequence[Example]) -> Backlog:
+        if not pending:
+            return Backlog(0, 0.0, 0.0)
+        arrivals = [e.received_at for e in pending]
+        return Backlog(len(pending), min(arrivals), max(arrivals))
+
+
+def should_run(backlog: Backlog, now: float, last_round: float, config: RoundConfig) -> bool:
+    """Enough new examples (or some, and a long time since the last round), and the
+    labelling has paused (or the oldest example has waited long enough).
+
+    Waiting for a pause keeps one labelling session in one round: a round started
+    mid-session would miss the corrections still coming, and the next one would
+    start from a version judged on half of them.
+    """
+    if backlog.count == 0:
+        return False
+    enough = backlog.count >= config.min_new_examples or now - last_round >= config.max_interval_s
+    paused = now - backlog.last_at >= config.quiet_s
+    waited = now - backlog.first_at >= config.max_wait_s
+    return enough and (paused or waited)
 
 
 @dataclass(frozen=True)
 class RoundData:
     train_texts: Texts
     train_labels: Labels
-    new_examples: int
+    feedback_examples: int  # every feedback example trained on
+    new_examples: int  # of those, the ones that arrived since the last round
     replayed: int
     holdout_texts: Texts
     holdout_labels: Labels
@@ -52,24 +85,27 @@ def plan(
     seed_train: tuple[Texts, Labels],
     config: RoundConfig,
 ) -> RoundData:
-    """Which texts this round trains and evaluates on (pure and deterministic)."""
+    """Which texts this round trains and evaluates on (pure and deterministic).
+
+    Examples are taken in document order, not arrival order: partitions interleave
+    differently on every read of the topic, and the same examples should make the
+    same round after a restart.
+    """
     frac = config.holdout_fraction
-    pending_ids = {e.doc_id for e in pending}
-    new = [e for e in pending if not in_holdout(e.doc_id, frac)]
-    holdout = [e for e in everything if in_holdout(e.doc_id, frac)]
-    older = [
-        e for e in everything if e.doc_id not in pending_ids and not in_holdout(e.doc_id, frac)
-    ]
-    pool: list[tuple[str, str]] = [(e.text, e.label) for e in older]
-    pool += list(zip(*seed_train, strict=True))
+    ordered = sorted(everything, key=lambda e: e.doc_id)
+    feedback = [e for e in ordered if not in_holdout(e.doc_id, frac)]
+    holdout = [e for e in ordered if in_holdout(e.doc_id, frac)]
+    new = sum(1 for e in pending if not in_holdout(e.doc_id, frac))
+    pool: list[tuple[str, str]] = list(zip(*seed_train, strict=True))
     rng = random.Random(config.seed + len(everything))
-    replay = rng.sample(pool, min(len(pool), round(len(new) * config.replay_ratio)))
-    rows = [(e.text, e.label) for e in new] + replay
+    replay = rng.sample(pool, min(len(pool), round(len(feedback) * config.replay_ratio)))
+    rows = [(e.text, e.label) for e in feedback] + replay
     rng.shuffle(rows)
     return RoundData(
         train_texts=[t for t, _ in rows],
         train_labels=[label for _, label in rows],
-        new_examples=len(new),
+        feedback_examples=len(feedback),
+        new_examples=new,
         replayed=len(replay),
         holdout_texts=[e.text for e in holdout],
         holdout_labels=[e.label for e in holdout],
@@ -85,11 +121,56 @@ class RoundResult:
     production_scores: dict[str, dict[str, Any]]
 
 
-def _scores(
-    evaluate_on: Callable[[Texts, Labels], dict[str, Any]],
+def lineage_root(registry: ModelRegistry, model_name: str, version: VersionInfo) -> VersionInfo:
+    """The first ancestor of ``version``: the bootstrap version its line grew from."""
+    seen = {version.version}
+    while version.parent is not None:
+        version = registry.get(model_name, version.parent)
+        if version.version in seen:
+            raise RuntimeError(f"{model_name} {version.version} is its own ancestor")
+        seen.add(version.version)
+    return version
+
+
+def _predictions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     sets: dict[str, tuple[Texts, Labels]],
+    config: RoundConfig,
+) -> dict[str, list[str]]:
+    tcfg = config.train
+    return {
+        name: predict(model, tokenizer, texts, tcfg.eval_batch_size, tcfg.max_length)
+        for name, (texts, _) in sets.items()
+    }
+
+
+def _reports(
+    sets: dict[str, tuple[Texts, Labels]],
+    predictions: dict[str, list[str]],
+    classes: Sequence[str],
 ) -> dict[str, dict[str, Any]]:
-    return {name: evaluate_on(*data) for name, data in sets.items() if data[0]}
+    return {
+        name: classification_report(labels, predictions[name], classes)
+        for name, (_, labels) in sets.items()
+    }
+
+
+def _flat_metrics(candidate: dict[str, dict[str, Any]], verdict: Verdict) -> dict[str, float]:
+    """The numbers model.versions carries: seed scores, feedback scores, the gain."""
+    names = ("accuracy", "macro_f1")
+    out = {k: float(candidate[SEED_SET][k]) for k in names}
+    if FEEDBACK_SET in candidate:
+        out.update({f"feedback_{k}": float(candidate[FEEDBACK_SET][k]) for k in names})
+    target = verdict.record.get("target")
+    if target is not None:
+        judged = verdict.record["comparisons"][target]
+        out.update(
+            gate_gain=judged["gain"],
+            gate_gain_ci_low=judged["ci_low"],
+            gate_gain_ci_high=judged["ci_high"],
+        )
+    return out
 
 
 def run_round(
@@ -100,24 +181,27 @@ def run_round(
     config: RoundConfig,
     *,
     progress: bool = False,
+    on_step: ProgressCallback | None = None,
 ) -> RoundResult:
     started = time.perf_counter()
     production = registry.production(model_name)
     if production is None:
         raise RuntimeError(f"no production version of {model_name}: bootstrap first")
-    sets = {SEED_SET: seed_valid, FEEDBACK_SET: (data.holdout_texts, data.holdout_labels)}
+    start = (
+        production
+        if config.start_from == "production"
+        else lineage_root(registry, model_name, production)
+    )
+    held = {SEED_SET: seed_valid, FEEDBACK_SET: (data.holdout_texts, data.holdout_labels)}
+    sets = {name: texts_labels for name, texts_labels in held.items() if texts_labels[0]}
     tcfg = config.train
 
-    def scorer(model: Any, tokenizer: Any) -> Callable[[Texts, Labels], dict[str, Any]]:
-        return lambda texts, labels: evaluate(
-            model, tokenizer, texts, labels, tcfg.eval_batch_size, tcfg.max_length
-        )
-
     base_model, tokenizer = registry.load(model_name, production.version)
-    production_scores = _scores(scorer(base_model, tokenizer), sets)
+    production_predictions = _predictions(base_model, tokenizer, sets, config)
+    production_scores = _reports(sets, production_predictions, label_names(base_model))
     del base_model
     # Fine-tune a copy: the registry load gives a fresh model, production is untouched.
-    candidate, cand_tokenizer = registry.load(model_name, production.version)
+    candidate, cand_tokenizer = registry.load(model_name, start.version)
     outcome = train(
         candidate,
         cand_tokenizer,
@@ -125,33 +209,38 @@ def run_round(
         data.train_labels,
         replace(tcfg, seed=config.seed),
         progress=progress,
+        on_step=on_step,
     )
-    candidate_scores = _scores(scorer(candidate, cand_tokenizer), sets)
-    sizes = {name: len(texts) for name, (texts, _) in sets.items()}
-    verdict = decide(candidate_scores, production_scores, sizes, config.gate)
+    classes = label_names(candidate)
+    candidate_predictions = _predictions(candidate, cand_tokenizer, sets, config)
+    candidate_scores = _reports(sets, candidate_predictions, classes)
+    paired = {
+        name: Paired(labels, production_predictions[name], candidate_predictions[name])
+        for name, (_, labels) in sets.items()
+    }
+    verdict = decide(paired, classes, config.gate, seed=config.seed)
     stage: Stage = config.promote_to if verdict.promote else "rejected"
     version = registry.save(
         model_name,
         candidate,
         cand_tokenizer,
         {
-            "metrics": {
-                "accuracy": candidate_scores[SEED_SET]["accuracy"],
-                "macro_f1": candidate_scores[SEED_SET]["macro_f1"],
-                **{
-                    f"feedback_{k}": candidate_scores[FEEDBACK_SET][k]
-                    for k in ("accuracy", "macro_f1")
-                    if FEEDBACK_SET in candidate_scores
-                },
-            },
+            "metrics": _flat_metrics(candidate_scores, verdict),
             "evaluations": candidate_scores,
             "parent_evaluations": production_scores,
+            "gate": verdict.record,
+            "started_from": start.version,
             "training_examples": len(data.train_texts),
+            "feedback_examples": data.feedback_examples,
             "new_examples": data.new_examples,
             "replayed_examples": data.replayed,
-            "holdout_sizes": sizes,
+            "holdout_sizes": {name: len(texts) for name, (texts, _) in held.items()},
             "hyperparameters": tcfg.to_dict(),
-            "training": {"seconds": round(outcome.seconds, 3), "device": outcome.device},
+            "training": {
+                "seconds": round(outcome.seconds, 3),
+                "device": outcome.device,
+                "steps": outcome.steps,
+            },
         },
         stage=stage,
         parent=production.version,

@@ -1,9 +1,11 @@
 """The trainer as a service: follow training.examples, run rounds, publish versions.
 
 Progress lives in the registry beside the versions (``trainer_state.json``): the offsets of
-training.examples that the last finished round trained through. A round that
-crashes never writes it, so its examples are still pending after a restart, and
-production is untouched because nothing is registered until the gate has decided.
+training.examples that the last finished round trained through. Examples beyond them
+are what starts the next round; every round trains on all examples, so moving past a
+rejected round's examples does not drop them. A round that crashes never writes it,
+so its examples are still pending after a restart, and production is untouched
+because nothing is registered until the gate has decided.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
@@ -22,19 +25,40 @@ from sentiflow.v1 import events_pb2
 from services.trainer import metrics
 from services.trainer.config import TrainerSettings
 from services.trainer.examples import Example, ExampleStore
-from services.trainer.rounds import RoundResult, plan, run_round, should_run
+from services.trainer.finetune import TrainProgress
+from services.trainer.rounds import Backlog, RoundResult, plan, run_round, should_run
 from services.trainer.shadow import ShadowService
 
 log = logging.getLogger(__name__)
 
+Clock = Callable[[], float]
+
+
+def report_progress(progress: TrainProgress) -> None:
+    """Show a round's training on /metrics at every step and in the log at every tenth."""
+    metrics.TRAINING_STEPS_DONE.set(progress.step)
+    metrics.TRAINING_STEPS_TOTAL.set(progress.total_steps)
+    metrics.TRAINING_DOCS_PER_SECOND.set(progress.docs_per_s)
+    metrics.TRAINING_ETA_SECONDS.set(progress.eta_s if progress.step else 0.0)
+    if progress.milestone():
+        log.info(
+            "training: step %d/%d, %.1f docs/s, ETA %.0fs",
+            progress.step,
+            progress.total_steps,
+            progress.docs_per_s,
+            progress.eta_s,
+        )
 
 
 class ExampleReader:
-    """Folds training.examples into the store; replay draws on every example, so each
-    trainer reads the whole topic (see ``TopicFollower``)."""
+    """Folds training.examples into the store; every round trains on every example, so
+    each trainer reads the whole topic (see ``TopicFollower``)."""
 
-    def __init__(self, settings: TrainerSettings, store: ExampleStore) -> None:
+    def __init__(
+        self, settings: TrainerSettings, store: ExampleStore, clock: Clock = time.time
+    ) -> None:
         self.store = store
+        self._clock = clock
         self.lock = threading.Lock()
         self.high: dict[int, int] = {}
         topic = settings.topics.full(settings.topics.training_examples)
@@ -57,7 +81,7 @@ class ExampleReader:
             return
         partition, offset = msg.partition() or 0, msg.offset() or 0
         with self.lock:
-            self.store.add(example, partition, offset)
+            self.store.add(example, partition, offset, self._clock())
             self.high[partition] = max(self.high.get(partition, 0), offset + 1)
 
 
@@ -69,15 +93,18 @@ class Trainer:
         publisher: Publisher,
         seed_train: tuple[list[str], list[str]],
         seed_valid: tuple[list[str], list[str]],
+        clock: Clock = time.time,
     ) -> None:
+        """``clock`` times arrivals, pauses and rounds (wall time, as the state records it)."""
         self._settings = settings
+        self._clock = clock
         self._options = settings.trainer
         self._registry = registry
         self._publisher = publisher
         self._seed_train = seed_train
         self._seed_valid = seed_valid
         self._config = settings.trainer.rounds
-        self.reader = ExampleReader(settings, ExampleStore(self._options.model))
+        self.reader = ExampleReader(settings, ExampleStore(self._options.model), clock)
         self.shadow = (
             ShadowService(settings.kafka, settings.topics, self._options, registry, publisher)
             if self._options.rounds.promote_to == "shadow"
@@ -90,9 +117,9 @@ class Trainer:
     def _load_state(self) -> tuple[dict[int, int], float]:
         state = self._registry.read_state(self._options.model)
         if state is None:
-            return {}, time.time()
+            return {}, self._clock()
         through = {int(p): int(o) for p, o in state.get("trained_through", {}).items()}
-        return through, float(state.get("last_round", time.time()))
+        return through, float(state.get("last_round", self._clock()))
 
     def _save_state(self, through: dict[int, int], last_round: float) -> None:
         self._registry.write_state(
@@ -130,8 +157,9 @@ class Trainer:
                     everything = self.reader.store.all()
                 metrics.PENDING.set(len(pending))
                 metrics.EXAMPLES.set(len(everything))
-                if time.time() < retry_after or not should_run(
-                    len(pending), time.time() - last_round, self._config
+                now = self._clock()
+                if now < retry_after or not should_run(
+                    Backlog.of(pending), now, last_round, self._config
                 ):
                     continue
                 try:
@@ -139,10 +167,12 @@ class Trainer:
                 except Exception:
                     # Production is untouched and the examples stay pending; try later.
                     log.exception("round failed; retrying in %.0fs", self._options.retry_after_s)
-                    retry_after = time.time() + self._options.retry_after_s
+                    retry_after = self._clock() + self._options.retry_after_s
                     continue
+                # Promoted or rejected, these no longer start a round; they stay in
+                # ``everything``, which the next round trains on.
                 through = {**through, **ExampleStore.positions(pending)}
-                last_round = time.time()
+                last_round = self._clock()
                 self._save_state(through, last_round)
         finally:
             self.reader.stop()
@@ -163,13 +193,21 @@ class Trainer:
         model = self._options.model
         data = plan(pending, everything, self._seed_train, self._config)
         log.info(
-            "round: %d new, %d replayed, %d held out",
+            "round: %d feedback examples (%d new), %d replayed, %d held out",
+            data.feedback_examples,
             data.new_examples,
             data.replayed,
             len(data.holdout_texts),
         )
         try:
-            result = run_round(self._registry, model, data, self._seed_valid, self._config)
+            result = run_round(
+                self._registry,
+                model,
+                data,
+                self._seed_valid,
+                self._config,
+                on_step=report_progress,
+            )
         except Exception:
             metrics.ROUNDS.labels("failed").inc()
             raise

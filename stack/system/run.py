@@ -75,7 +75,7 @@ SERVICES = ("ingest", "inference", "feedback", "feedback-aggregator", "trainer",
 INGEST_KEY = "e2e-ingest-key"
 INFERENCE_KEY = "e2e-inference-key"
 USERS = {"e2e-key-alice": "alice", "e2e-key-bob": "bob"}
-WEBHOOK_SECRET = "e2e-webhook-secret"
+WEBHOOK_SECRET = "whsec_c2VudGlmbG93LWUyZS13ZWJob29rLXNlY3JldC0zMmI="  # Standard Webhooks format
 SPIKE_ENTITY = "ZQX"
 MAX_RECORD_BYTES = 16 * 1024
 # Consumer groups whose lag must be back at zero: group -> (service, topic it reads).
@@ -130,12 +130,17 @@ def _trainer_env(config: RunConfig, seed_dir: Path | None) -> dict[str, str]:
 
     A round starts once nearly all corrections are settled (not on a timer: the
     trainer has been up for minutes, so a timer would start a round on the first
-    settled example). The gate keeps its rule; the CI run with a random tiny model
-    opens it, because there the point is the mechanics, not the model's quality.
+    settled example). The gate keeps its default rule (a significant gain on the
+    feedback hold-out, the seed set within its forgetting budget); the CI run with a
+    random tiny model opens it, because there the point is the mechanics, not the
+    model's quality.
     """
     env = {
         "SENTIFLOW_TRAINER__ROUNDS__MIN_NEW_EXAMPLES": str(max(1, int(config.corrections * 0.9))),
         "SENTIFLOW_TRAINER__ROUNDS__MAX_INTERVAL_S": "3600",
+        # The corrections come from a script, not a person: once they stop settling,
+        # the session is over.
+        "SENTIFLOW_TRAINER__ROUNDS__QUIET_S": "5",
         "SENTIFLOW_TRAINER__CHECK_INTERVAL_S": "0.5",
         "SENTIFLOW_TRAINER__RETRY_AFTER_S": "5",
     }
@@ -145,14 +150,13 @@ def _trainer_env(config: RunConfig, seed_dir: Path | None) -> dict[str, str]:
             {
                 "SENTIFLOW_TRAINER__SEED_DATA": str(seed_dir),
                 "SENTIFLOW_TRAINER__ROUNDS__GATE__MIN_IMPROVEMENT": "-1.0",
-                "SENTIFLOW_TRAINER__ROUNDS__GATE__TOLERANCE": "1.0",
+                "SENTIFLOW_TRAINER__ROUNDS__GATE__FORGETTING_BUDGET": "1.0",
+                "SENTIFLOW_TRAINER__ROUNDS__GATE__FORGETTING_PER_GAIN": "1000",
                 "SENTIFLOW_TRAINER__ROUNDS__GATE__MIN_HOLDOUT": "1",
                 "SENTIFLOW_TRAINER__ROUNDS__TRAIN__EPOCHS": "1",
                 "SENTIFLOW_TRAINER__ROUNDS__TRAIN__LEARNING_RATE": "0.001",
             }
         )
-    else:
-        env["SENTIFLOW_TRAINER__ROUNDS__GATE__TOLERANCE"] = "0.02"
     env.update(config.trainer_env)
     return env
 

@@ -36,3 +36,12 @@ def test_pending_is_what_arrived_after_the_last_round() -> None:
     assert store.pending(through) == []
     store.add(_ex("d0", "negative", revision=2), 0, 10)
     assert [e.doc_id for e in store.pending(through)] == ["d0"]
+
+
+def test_each_revision_remembers_when_it_arrived() -> None:
+    store = ExampleStore("sentiment")
+    store.add(_ex("a", "negative"), 0, 0, received_at=10.0)
+    store.add(_ex("a", "negative"), 0, 1, received_at=20.0)  # a replay: still the first
+    assert [e.received_at for e in store.all()] == [10.0]
+    store.add(_ex("a", "positive", revision=2), 0, 2, received_at=30.0)
+    assert [e.received_at for e in store.all()] == [30.0]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from services.trainer.finetune import (
+    TrainProgress,
     bucketed_batches,
     cpu_has_native_bf16,
     evaluate,
@@ -86,6 +87,30 @@ def test_fractional_epochs_stop_early(tmp_path: Path) -> None:
     result = train(model, tokenizer, TEXTS, LABELS, config, progress=False)
     assert result.steps == 3
     assert result.epochs == pytest.approx(0.5)
+
+
+def test_training_reports_its_progress(tmp_path: Path) -> None:
+    model, tokenizer = make_tiny_classifier(tmp_path)
+    config = TrainConfig(epochs=2, batch_size=5, seed=0)
+    seen: list[TrainProgress] = []
+    result = train(model, tokenizer, TEXTS, LABELS, config, progress=False, on_step=seen.append)
+    assert [p.step for p in seen] == list(range(1, result.steps + 1))
+    assert {p.total_steps for p in seen} == {result.steps}
+    # 12 texts in batches of 5, 5 and 2 (in a shuffled order) per epoch, two epochs.
+    counts = [p.examples for p in seen]
+    assert (counts[2], counts[5]) == (12, 24)
+    assert counts == sorted(counts)
+    assert seen[-1].eta_s == 0.0
+
+
+def test_progress_rates_and_milestones() -> None:
+    halfway = TrainProgress(step=50, total_steps=100, examples=1600, seconds=20.0)
+    assert halfway.docs_per_s == 80.0
+    assert halfway.eta_s == 20.0
+    marks = [s for s in range(1, 101) if TrainProgress(s, 100, s, 1.0).milestone()]
+    assert marks == [1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    assert [s for s in range(1, 4) if TrainProgress(s, 3, s, 1.0).milestone()] == [1, 2, 3]
+    assert TrainProgress(0, 10, 0, 0.0).docs_per_s == 0.0
 
 
 def test_unknown_labels_are_rejected(tmp_path: Path) -> None:

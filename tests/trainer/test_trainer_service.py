@@ -1,4 +1,5 @@
-"""The trainer service over the real broker: examples in, gated versions out, rollback."""
+"""The trainer service over the real broker: examples in, gated versions out, rollback,
+rejected examples kept for the next round, one round per labelling session."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import random
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sentiflow.config import RegistrySettings, Settings
@@ -20,6 +26,7 @@ from sentiflow.models.tiny import make_checkpoint
 from sentiflow.readback import read_topic
 from sentiflow.v1 import events_pb2
 from services.trainer.config import TrainerOptions, TrainerSettings
+from services.trainer.data import in_holdout
 from services.trainer.gate import GateConfig
 from services.trainer.recipe import RoundConfig, RoundTrainConfig
 from services.trainer.service import Trainer
@@ -98,11 +105,14 @@ def test_rounds_promote_better_models_reject_worse_ones_and_rollback_works(
         trainer=TrainerOptions(
             check_interval_s=0.2,
             rounds=RoundConfig(
-                min_new_examples=200,
+                # Each batch is one round, whatever pace the reader keeps: a round that
+                # started on part of the poison would train mostly on good examples.
+                min_new_examples=300,
+                quiet_s=1.0,
                 train=RoundTrainConfig(epochs=6, learning_rate=5e-3),
-                gate=GateConfig(min_holdout=20, min_improvement=0.02, tolerance=0.05),
-                # No replay, so a poisoned round is trained on poison alone: the gate,
-                # not the replay mix, is what must stop it here.
+                gate=GateConfig(min_holdout=20, min_improvement=0.02, forgetting_budget=0.05),
+                # No replay, so a poisoned round is trained on feedback alone (the good
+                # examples and the poison): the gate, not the seed mix, must stop it.
                 replay_ratio=0.0,
             ),
         ),
@@ -165,3 +175,158 @@ def test_rounds_promote_better_models_reject_worse_ones_and_rollback_works(
     versions = _versions(settings, expect=4)
     assert (versions[3].version, versions[3].stage) == ("v0001", events_pb2.MODEL_STAGE_PRODUCTION)
     assert registry.production("sentiment").version == "v0001"  # type: ignore[union-attr]
+
+
+def _production_registry(tmp_path: Path) -> Registry:
+    registry = Registry(tmp_path / "registry")
+    ckpt = make_checkpoint(tmp_path / "base", seed=3, initializer_range=0.02)
+    model = AutoModelForSequenceClassification.from_pretrained(ckpt)
+    tokenizer = AutoTokenizer.from_pretrained(ckpt)
+    registry.save("sentiment", model, tokenizer, stage="production", reason="test base")
+    return registry
+
+
+def _trainer(
+    settings: Settings,
+    tmp_path: Path,
+    registry: Registry,
+    rounds: RoundConfig,
+    clock: Callable[[], float] = time.time,
+) -> Trainer:
+    trainer_settings = TrainerSettings(
+        kafka=settings.kafka,
+        topics=settings.topics,
+        registry=RegistrySettings(uri=str(tmp_path / "registry")),
+        trainer=TrainerOptions(check_interval_s=0.2, rounds=rounds),
+    )
+    return Trainer(
+        trainer_settings,
+        registry,
+        Publisher(settings.kafka, settings.topics),
+        _split(_task(200, seed=1)),
+        _split(_task(150, seed=2)),
+        clock=clock,
+    )
+
+
+@contextmanager
+def _running(trainer: Trainer) -> Iterator[None]:
+    stop = threading.Event()
+    thread = threading.Thread(target=trainer.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+
+
+def _trained(prefix: str, n: int, holdout_fraction: float = 0.2) -> int:
+    """How many of the documents ``prefix0..`` fall outside the hold-out."""
+    return sum(not in_holdout(f"{prefix}{i}", holdout_fraction) for i in range(n))
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.05)
+
+
+FAST_ROUNDS = RoundConfig(
+    min_new_examples=150,  # one batch of _examples below, all of it read, is one round
+    quiet_s=1.0,
+    train=RoundTrainConfig(epochs=4, learning_rate=5e-3),
+    gate=GateConfig(min_holdout=20),
+    replay_ratio=0.0,
+)
+
+
+def test_a_rejected_rounds_examples_are_trained_in_the_next_round(
+    settings: Settings, tmp_path: Path
+) -> None:
+    registry = _production_registry(tmp_path)
+    # A gate no candidate can pass: the gain's lower bound would have to exceed 1.
+    strict = replace(FAST_ROUNDS, gate=GateConfig(min_holdout=20, min_improvement=1.0))
+    with _running(_trainer(settings, tmp_path, registry, strict)):
+        _examples(settings, _task(150, seed=4), "first")
+        versions = _versions(settings, expect=2)
+    rejected = versions[1]
+    assert (rejected.version, rejected.stage) == ("v0002", events_pb2.MODEL_STAGE_REJECTED)
+    meta = registry.get("sentiment", "v0002").metadata
+    assert meta["new_examples"] == meta["feedback_examples"] == _trained("first", 150)
+
+    # The gate record names the test, the gain and its interval, in the metadata and in
+    # the reason published on model.versions.
+    gate = meta["gate"]
+    judged = gate["comparisons"]["feedback_holdout"]
+    assert (gate["test"], gate["target"], gate["promote"]) == (
+        "paired bootstrap",
+        "feedback_holdout",
+        False,
+    )
+    assert judged["ci_low"] <= judged["gain"] <= judged["ci_high"]
+    assert "paired bootstrap" in rejected.reason
+    assert f"({judged['gain']:+.4f}, 95% CI {judged['ci_low']:+.4f} to" in rejected.reason
+    assert "below the required +1.0000" in rejected.reason
+    assert rejected.metrics["gate_gain"] == pytest.approx(judged["gain"])
+    assert rejected.metrics["gate_gain_ci_low"] == pytest.approx(judged["ci_low"])
+
+    # A restarted trainer with an ordinary gate: the next round is started by the new
+    # examples alone, and trains on the rejected round's examples too.
+    with _running(_trainer(settings, tmp_path, registry, FAST_ROUNDS)):
+        _examples(settings, _task(150, seed=6), "second")
+        versions = _versions(settings, expect=4)
+    assert versions[3].version == "v0003"
+    meta = registry.get("sentiment", "v0003").metadata
+    assert meta["new_examples"] == _trained("second", 150)
+    assert meta["feedback_examples"] == _trained("first", 150) + _trained("second", 150)
+    assert meta["training_examples"] == meta["feedback_examples"]
+    assert meta["started_from"] == "v0001"
+    assert meta["gate"]["sizes"]["feedback_holdout"] == 300 - meta["feedback_examples"]
+    # The round reported its training on /metrics as it went, and finished it.
+    done = REGISTRY.get_sample_value("sentiflow_trainer_training_steps_done")
+    assert done == meta["training"]["steps"]
+    assert done == REGISTRY.get_sample_value("sentiflow_trainer_training_steps_total")
+
+
+class _Clock:
+    """Time that moves only when the test says, so "the flow paused" is exact."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_labelling_session_in_bursts_becomes_one_round(
+    settings: Settings, tmp_path: Path
+) -> None:
+    registry = _production_registry(tmp_path)
+    clock = _Clock(1_000_000.0)
+    rounds = replace(FAST_ROUNDS, min_new_examples=50, quiet_s=30.0, max_wait_s=600.0)
+
+    def pending_is(count: int) -> Callable[[], bool]:
+        return lambda: REGISTRY.get_sample_value("sentiflow_trainer_pending_examples") == count
+
+    trainer = _trainer(settings, tmp_path, registry, rounds, clock=clock)
+    with _running(trainer):
+        _versions(settings, expect=1)
+        # Three bursts 10 s apart, the first alone already enough for a round: the
+        # trainer sees each one pending and waits for the session to pause.
+        for burst in range(3):
+            _examples(settings, _task(80, seed=10 + burst), f"burst{burst}-")
+            _wait_until(pending_is(80 * (burst + 1)), f"burst {burst} is pending")
+            clock.now += 10.0
+        assert registry.latest("sentiment").version == "v0001"  # type: ignore[union-attr]
+        clock.now += 30.0
+        versions = _versions(settings, expect=2)
+        _wait_until(pending_is(0), "the round's examples are no longer pending")
+    assert versions[1].version == "v0002"
+    assert [v.version for v in registry.list("sentiment")] == ["v0001", "v0002"]
+    meta = registry.get("sentiment", "v0002").metadata
+    everything = sum(_trained(f"burst{b}-", 80) for b in range(3))
+    assert meta["new_examples"] == meta["feedback_examples"] == everything
