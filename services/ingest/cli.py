@@ -7,6 +7,7 @@ imported when a connector actually runs.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,16 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, arg, None)
         if value is not None:
             out[option] = value
-    if args.connector == "files" and args.format is not None:
-        out["file_format"] = args.format
+    out["connector"] = args.connector
+    if args.connector == "files":
+        out.update(path=args.path, follow=args.follow, from_start=args.from_start)
+        out["progress"] = args.progress and sys.stderr.isatty()
+        if args.state_file is not None:
+            out["state_file"] = args.state_file
+        if args.format is not None:
+            out["file_format"] = args.format
+    if args.connector == "stdin":
+        out["stdin_format"] = args.format
     return out
 
 

@@ -59,6 +59,15 @@ class FeedSpec(_Section):
 
 
 class IngestOptions(_Section):
+    # -- which connector ``run`` starts (``sentiflow ingest <connector>`` sets it) -------
+    connector: Literal["files", "http", "rss", "stdin"] = "http"
+    path: Path | None = Field(default=None, description="files: a file or a folder")
+    follow: bool = Field(default=False, description="files: keep reading appends")
+    from_start: bool = Field(default=False, description="files: ignore the checkpoint")
+    state_file: Path | None = Field(default=None, description="files: checkpoint file")
+    progress: bool = Field(default=False, description="files: a progress bar on a terminal")
+    stdin_format: Literal["text", "jsonl"] = "text"
+
     # -- normalisation ------------------------------------------------------------------
     max_text_chars: int = Field(default=5_000, ge=1, description="code points, after cleaning")
     over_limit: Literal["truncate", "reject"] = "truncate"

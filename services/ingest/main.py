@@ -7,7 +7,6 @@ import argparse
 import logging
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -253,24 +252,34 @@ def settings_from_args(
     return settings.model_copy(update={"ingest": options})
 
 
-def main(args: argparse.Namespace) -> int:
-    """Entry point of ``sentiflow ingest <connector>``."""
-    settings = settings_from_args(args)
+def run(settings: IngestSettings, stop: threading.Event) -> int:
+    """Run the configured connector until it is done or ``stop`` is set."""
+    options = settings.ingest
+    if options.connector == "files":
+        if options.path is None:
+            log.error("no path to read: pass one to 'sentiflow ingest files' or set ingest.path")
+            return 2
+        return run_files(
+            settings,
+            options.path,
+            stop=stop,
+            follow=options.follow,
+            state_file=options.state_file,
+            from_start=options.from_start,
+            progress=options.progress,
+        )
+    if options.connector == "stdin":
+        return run_stdin(settings, sys.stdin.buffer, stop=stop, fmt=options.stdin_format)
+    if options.connector == "rss":
+        return run_rss(settings, stop=stop)
+    return run_http(settings, stop=stop)
+
+
+def main(args: argparse.Namespace | None = None) -> int:
+    """Entry point of ``sentiflow ingest <connector>``; without arguments, the
+    connector and its options come from the settings alone (as in a container)."""
+    settings = IngestSettings() if args is None else settings_from_args(args)
     setup_logging("ingest", settings.log_level, settings.log_format)
     stop = threading.Event()
     install_stop_handlers(stop)
-    runners: dict[str, Callable[[], int]] = {
-        "files": lambda: run_files(
-            settings,
-            args.path,
-            stop=stop,
-            follow=args.follow,
-            state_file=args.state_file,
-            from_start=args.from_start,
-            progress=args.progress and sys.stderr.isatty(),
-        ),
-        "http": lambda: run_http(settings, stop=stop),
-        "rss": lambda: run_rss(settings, stop=stop),
-        "stdin": lambda: run_stdin(settings, sys.stdin.buffer, stop=stop, fmt=args.format),
-    }
-    return runners[args.connector]()
+    return run(settings, stop)

@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 from services.ingest.checkpoint import load_state
 from services.ingest.config import IngestSettings
 from services.ingest.main import run_files
-from tests.ingest.conftest import Readers, reasons, with_options
+from tests.support.ingest import Readers, reasons, with_options
 from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration

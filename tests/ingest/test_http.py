@@ -15,7 +15,7 @@ from services.ingest.config import IngestSettings
 from services.ingest.connectors.http import HttpConnector
 from services.ingest.main import make_builder, start_runtime
 from services.ingest.publisher import Batch, Outcome
-from tests.ingest.conftest import Readers, reasons, with_options
+from tests.support.ingest import Readers, reasons, with_options
 
 pytestmark = pytest.mark.integration
 KEY = "s3cret"

@@ -18,7 +18,7 @@ from services.ingest.connectors.rss import (
     parse_xml,
 )
 from services.ingest.main import make_builder, start_runtime
-from tests.ingest.conftest import Readers, reasons
+from tests.support.ingest import Readers, reasons
 
 RSS = b"""<?xml version="1.0" encoding="utf-8"?>
 <rss version="2.0"><channel><title>Markets</title>

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from services.ingest.config import IngestSettings
-from tests.ingest.conftest import Readers, reasons
+from tests.support.ingest import Readers, reasons
 from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration

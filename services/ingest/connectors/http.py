@@ -26,9 +26,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import REGISTRY, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
+from sentiflow import health
 from sentiflow.apikeys import KeyRing
 from sentiflow.dlq import RejectError
 from services.ingest import metrics
@@ -261,17 +259,11 @@ class HttpConnector:
             sys_version = ""
 
             def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/healthz":
-                    self._json(HTTPStatus.OK, {"status": "ok"})
-                elif path == "/readyz":
-                    ok, detail = connector._ready()
-                    code = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
-                    self._json(code, {"ready": ok, **detail})
-                elif path == "/metrics":
-                    self._send(HTTPStatus.OK, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-                else:
+                found = health.answer(self.path, connector._ready)
+                if found is None:
                     self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+                else:
+                    self._send(HTTPStatus(found.status), found.body, found.content_type)
 
             def do_POST(self) -> None:
                 try:
