@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 STATE_TABLE = "detector"
 DELIVERED_TABLE = "webhooks-delivered"
 SERVICE = "alerting"
-# After SIGTERM a worker normally exits in about a second; one that hangs (a stuck
-# rebalance, a blocked agent) is ended anyway. Offsets and changelogs are in Kafka.
 
 
 def app_id(settings: AlertingSettings) -> str:

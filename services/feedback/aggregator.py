@@ -48,8 +48,6 @@ from services.feedback.keys import Keys
 log = logging.getLogger(__name__)
 
 SERVICE = "feedback-aggregator"
-# After SIGTERM a worker normally exits in about a second; one that hangs (a stuck
-# rebalance) is ended anyway: offsets are in Kafka and the state in Redis.
 
 
 def app_id(settings: FeedbackSettings) -> str:
