@@ -187,7 +187,8 @@ def main() -> int:
             grpc_address=f"127.0.0.1:{devstack.free_port()}",
             api_keys=api_keys([{"key": f"key-{u}", "user": u} for u in USERS]),
             grpc_workers=args.workers,
-            signals_per_s=0,  # measuring the service, not the per-user limit
+            signals_per_s=0,  # measuring the service, not the per-user limits
+            batch_signals_per_s=0,
             faust_datadir=state_dir / "faust",
         )
         env = _env(stack.bootstrap_servers, names, rds, options)

@@ -6,6 +6,12 @@ The guarantee: an input's offset is committed only after every output it produce
 moment therefore re-reads, after restart, every record whose outputs were not all
 acknowledged and committed; it never skips one. Stages downstream stay correct
 because every output is keyed and derived deterministically from its input.
+
+A record is dead-lettered only for what would fail again (bad input, a bug). A
+transient failure (a dependency down or slow, see :func:`sentiflow.errors.is_transient`)
+is no record's fault: the batch is read again after a capped exponential backoff,
+nothing of it produced or committed, and the loop reports itself waiting until a
+batch goes through.
 """
 
 from __future__ import annotations
@@ -27,9 +33,9 @@ from confluent_kafka import (
 )
 
 from sentiflow.dlq import Rejection, dlq_output, rejection_of
-from sentiflow.errors import InvalidInputError
+from sentiflow.errors import InvalidInputError, is_transient
 from sentiflow.kafka import DeliveryError, Output, Record, flush, produce
-from sentiflow.offsets import OffsetTracker
+from sentiflow.offsets import OffsetTracker, TopicPartitionKey
 from sentiflow.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,10 @@ class LoopConfig:
     poll_timeout_s: float = 0.2
     commit_interval_s: float = 1.0
     flush_timeout_s: float = 10.0
+    # Backoff after a transient failure: doubles from the first to the last value.
+    # Capped well below max.poll.interval.ms, since the consumer is not polled meanwhile.
+    retry_initial_s: float = 0.1
+    retry_max_s: float = 5.0
 
 
 @dataclass
@@ -59,6 +69,8 @@ class LoopStats:
     commits: int = 0
     assigned: set[tuple[str, int]] = field(default_factory=set)
     last_batch_s: float = 0.0
+    retries: int = 0  # batches read again after a transient failure
+    waiting_on: str | None = None  # the transient failure being waited out; None: working
 
 
 def _rejection_of(exc: BaseException) -> Rejection:
@@ -68,12 +80,29 @@ def _rejection_of(exc: BaseException) -> Rejection:
     return Rejection(events_pb2.REJECT_REASON_PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
 
 
+def retry_delay_s(failures: int, initial_s: float, max_s: float) -> float:
+    """Exponential backoff: ``initial_s`` after the first failure, doubling, at most
+    ``max_s``, so a blip costs a moment and a long outage is probed at a calm pace."""
+    return min(max_s, initial_s * 2.0 ** min(max(failures - 1, 0), 32))
+
+
+def rewind_points(records: Sequence[Record]) -> dict[TopicPartitionKey, int]:
+    """Per partition, the offset to read a batch again from: its earliest record."""
+    out: dict[TopicPartitionKey, int] = {}
+    for record in records:
+        tp = (record.topic, record.partition)
+        out[tp] = min(out.get(tp, record.offset), record.offset)
+    return out
+
+
 def process_safely(handler: BatchHandler, records: Sequence[Record]) -> list[Outcome]:
     """Run the handler on a batch; if the batch fails, isolate the bad records.
 
     Tombstones never reach the handler. When the whole batch raises, each record is
     retried alone, so one poison record becomes one dead letter and its neighbours
-    are still processed.
+    are still processed. A transient failure, of the batch or of any record alone,
+    is raised as it is: it says nothing about the records, so none may be
+    dead-lettered for it, and the caller retries the whole batch later.
     """
     outcomes: list[Outcome | None] = [None] * len(records)
     live: list[int] = []
@@ -89,6 +118,8 @@ def process_safely(handler: BatchHandler, records: Sequence[Record]) -> list[Out
             if len(results) != len(batch):
                 raise RuntimeError(f"handler returned {len(results)} outcomes for {len(batch)}")
         except Exception as exc:
+            if is_transient(exc):
+                raise
             if len(batch) == 1:
                 log.warning("record failed: %s", exc)
                 results = [_rejection_of(exc)]
@@ -120,6 +151,8 @@ class ProcessingLoop:
         self._tracker = OffsetTracker()
         self._failed: DeliveryError | None = None
         self._last_commit = time.monotonic()
+        self._failures = 0  # transient failures in a row
+        self._waiting: set[TopicPartitionKey] = set()  # partitions read again after one
 
     # -- delivery -------------------------------------------------------------
 
@@ -172,7 +205,45 @@ class ProcessingLoop:
         self._commit(only=tps)
         self._tracker.forget(tps)
         self.stats.assigned -= set(tps)
+        self._waiting -= set(tps)
+        if not self._waiting:
+            # What was waiting belongs to another consumer now: nothing left to wait out.
+            self._recovered()
         log.info("revoked %s", sorted(tps))
+
+    # -- transient failures ---------------------------------------------------------
+
+    def _wait_out(self, records: Sequence[Record], exc: Exception) -> None:
+        """Leave a batch that failed transiently unproduced and uncommitted, and have
+        the next polls deliver it again after a backoff.
+
+        Seeking its partitions back, rather than holding the batch and calling the
+        handler again, keeps the consumer polling: it stays in its group and serves
+        rebalances for as long as the dependency stays down.
+        """
+        self._failures += 1
+        delay = retry_delay_s(
+            self._failures, self._config.retry_initial_s, self._config.retry_max_s
+        )
+        self.stats.retries += 1
+        self.stats.waiting_on = f"{type(exc).__name__}: {exc}"
+        self._waiting |= {(r.topic, r.partition) for r in records}
+        log.warning(
+            "transient failure, %d records to read again in %.2fs: %s",
+            len(records),
+            delay,
+            self.stats.waiting_on,
+        )
+        for (topic, partition), offset in rewind_points(records).items():
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+        self.stop.wait(delay)
+
+    def _recovered(self) -> None:
+        if self._failures:
+            log.info("no longer waiting, after %d transient failures", self._failures)
+        self._failures = 0
+        self._waiting.clear()
+        self.stats.waiting_on = None
 
     # -- the loop -----------------------------------------------------------------
 
@@ -187,7 +258,12 @@ class ProcessingLoop:
         if not records:
             return
         started = time.monotonic()
-        outcomes = process_safely(self._handler, records)
+        try:
+            outcomes = process_safely(self._handler, records)
+        except Exception as exc:  # process_safely lets only transient failures through
+            self._wait_out(records, exc)
+            return
+        self._recovered()
         for record, outcome in zip(records, outcomes, strict=True):
             tp = (record.topic, record.partition)
             if isinstance(outcome, Rejection):
@@ -219,6 +295,8 @@ class ProcessingLoop:
 
         1. Poll a batch; serve delivery reports with ``producer.poll(0)``.
         2. Process it; produce each record's outputs, tracking them by input offset.
+           A transient failure instead rewinds the batch's partitions, waits a backoff
+           (cut short by ``stop``) and polls again: the same records come back.
         3. Every ``commit_interval_s``, commit each partition's done watermark.
         4. On stop: flush the producer (bounded), commit, close the consumer.
         """

@@ -6,18 +6,31 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 
 import pytest
+import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from sentiflow.config import KafkaSettings, TopicNames
-from sentiflow.kafka import Output, consumer_config, make_producer, produce_and_wait
+from sentiflow.kafka import (
+    Output,
+    Record,
+    consumer_config,
+    make_consumer,
+    make_producer,
+    produce_and_wait,
+)
+from sentiflow.loop import LoopConfig, Outcome, ProcessingLoop
 from sentiflow.readback import read_topic
 from sentiflow.v1 import events_pb2
+from stack import devstack
 from tests.support.paths import REPO_ROOT
+from tests.workers.relay import relay_handler
 
 pytestmark = pytest.mark.integration
 
@@ -156,3 +169,90 @@ def test_undecodable_record_goes_to_dlq_and_the_loop_goes_on(
     assert decode_error.topic == raw
     assert decode_error.service == "relay"
     assert "sentiflow.v1.Document" in decode_error.detail
+
+
+def test_a_transient_failure_is_waited_out_uncommitted_and_dead_letters_nothing(
+    kafka_settings: KafkaSettings, topic_names: TopicNames, group_id: str
+) -> None:
+    raw = topic_names.full(topic_names.docs_raw)
+    scored = topic_names.full(topic_names.docs_scored)
+    dlq = topic_names.full(topic_names.docs_dlq)
+    relay = relay_handler(scored)
+    down = threading.Event()
+    down.set()
+
+    def handler(records: Sequence[Record]) -> list[Outcome]:
+        if down.is_set():
+            raise redis.ConnectionError(
+                "Error 111 connecting to 127.0.0.1:6379. Connection refused."
+            )
+        return relay(records)
+
+    loop = ProcessingLoop(
+        make_consumer(kafka_settings, group_id),
+        make_producer(kafka_settings),
+        handler,
+        LoopConfig(
+            topics=[raw],
+            dlq_topic=dlq,
+            service="relay",
+            max_batch=16,
+            commit_interval_s=0.2,
+            retry_initial_s=0.05,
+            retry_max_s=0.5,
+        ),
+    )
+    worker = threading.Thread(target=loop.run, daemon=True)
+    worker.start()
+    try:
+        _produce_docs(kafka_settings, raw, _docs(60))
+        # Several retries: each one read the records again after the rewind.
+        devstack.wait_until(lambda: loop.stats.retries >= 4, 30, "the batch retried")
+        assert "Connection refused" in (loop.stats.waiting_on or "")
+        assert (loop.stats.consumed, loop.stats.produced) == (0, 0)
+        assert _committed(kafka_settings, raw, group_id, topic_names.partitions) == 0
+
+        down.clear()
+        outputs = _outputs(kafka_settings, scored, expect=60)
+        committed = _wait_committed(kafka_settings, raw, group_id, topic_names.partitions, 60)
+        devstack.wait_until(lambda: loop.stats.waiting_on is None, 30, "the loop working again")
+    finally:
+        loop.stop.set()
+        worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert committed == 60
+    assert Counter(p.document.id for p in outputs) == Counter(f"doc-{i}" for i in range(60))
+    assert loop.stats.dead_lettered == 0
+    assert read_topic(kafka_settings, dlq) == []
+
+
+def test_stop_while_waiting_out_a_failure_commits_nothing_of_the_batch(
+    kafka_settings: KafkaSettings, topic_names: TopicNames, group_id: str
+) -> None:
+    raw = topic_names.full(topic_names.docs_raw)
+
+    def handler(records: Sequence[Record]) -> list[Outcome]:
+        raise TimeoutError("the dependency never answers")
+
+    loop = ProcessingLoop(
+        make_consumer(kafka_settings, group_id),
+        make_producer(kafka_settings),
+        handler,
+        # A backoff far longer than the test: only ``stop`` can end the wait.
+        LoopConfig(
+            topics=[raw],
+            dlq_topic=topic_names.full(topic_names.docs_dlq),
+            service="relay",
+            retry_initial_s=3600,
+            retry_max_s=3600,
+        ),
+    )
+    worker = threading.Thread(target=loop.run, daemon=True)
+    worker.start()
+    _produce_docs(kafka_settings, raw, _docs(10))
+    devstack.wait_until(lambda: loop.stats.waiting_on is not None, 30, "the loop waiting")
+    loop.stop.set()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert _committed(kafka_settings, raw, group_id, topic_names.partitions) == 0
+    assert loop.stats.dead_lettered == 0

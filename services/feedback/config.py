@@ -23,8 +23,15 @@ class FeedbackOptions(BaseModel):
     grpc_address: str = "0.0.0.0:50053"
     grpc_workers: int = Field(default=32, ge=1)
     api_keys: ApiKeys = []
+    # Signals per user: Submit and SubmitBatch items have separate buckets (budget.py).
+    # The batch defaults let an analyst send 1,000 labels at once from a full
+    # bucket and in 50 s from an empty one.
     signals_per_s: float = Field(default=5.0, ge=0, description="per user; 0 = unlimited")
     signals_burst: float = Field(default=100.0, ge=1)
+    batch_signals_per_s: float = Field(
+        default=20.0, ge=0, description="per user, SubmitBatch items; 0 = unlimited"
+    )
+    batch_signals_burst: float = Field(default=1000.0, ge=1)
     quota_rps: float = Field(default=0.0, ge=0, description="requests per key; 0 = unlimited")
     quota_burst: float = Field(default=100.0, ge=1)
     max_batch_items: int = Field(default=500, ge=1)

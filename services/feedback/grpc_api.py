@@ -31,9 +31,9 @@ from sentiflow.errors import (
 from sentiflow.grpchandlers import unary_handler
 from sentiflow.grpcserver import caller
 from sentiflow.kafka import DeliveryError
-from sentiflow.ratelimit import RateLimiter
 from sentiflow.v1 import events_pb2, feedback_pb2
 from services.feedback import metrics, records
+from services.feedback.budget import Allowance, SignalBudget
 from services.feedback.config import FeedbackOptions
 from services.feedback.publish import EventPublisher
 from services.feedback.quality import VersionQuality
@@ -94,7 +94,7 @@ class FeedbackService:
         review: ReviewQueue,
         publisher: EventPublisher,
         options: FeedbackOptions,
-        limiter: RateLimiter | None = None,
+        budget: SignalBudget | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._store = store
@@ -102,7 +102,7 @@ class FeedbackService:
         self._review = review
         self._publisher = publisher
         self._options = options
-        self._limiter = limiter
+        self._budget = budget or SignalBudget(options)
         self._clock_ns = clock_ns
 
     # -- shared ------------------------------------------------------------------------
@@ -135,13 +135,13 @@ class FeedbackService:
     def _model(self, request: feedback_pb2.SubmitRequest) -> str:
         return model_of(request, self._options.default_model)
 
-    def _charge(self, user: str) -> None:
-        if self._limiter is not None and not self._limiter.allow(user):
+    @staticmethod
+    def _charge(user: str, allowance: Allowance) -> None:
+        try:
+            allowance.charge(user)
+        except OverloadedError:
             metrics.SIGNALS.labels("limited").inc()
-            raise OverloadedError(
-                f"too many signals from {user!r}: the limit is "
-                f"{self._options.signals_per_s:g}/s (bursts of {self._options.signals_burst:g})"
-            )
+            raise
 
     def _wait(self, future: Future[None], deadline: float) -> None:
         """Block until Kafka acknowledged the event; UNAVAILABLE if it did not."""
@@ -164,7 +164,7 @@ class FeedbackService:
         with _redis_errors():
             prediction = self._store.latest(request.doc_id, self._model(request))
             event = self._event(request, prediction, user)
-        self._charge(user)
+        self._charge(user, self._budget.single)
         (future,) = self._publisher.publish([event])
         self._wait(future, time.monotonic() + self._options.ack_timeout_s)
         return feedback_pb2.SubmitResponse(event_id=event.event_id)
@@ -175,7 +175,8 @@ class FeedbackService:
         """Every item is judged on its own: one result per item, in order.
 
         1. Documents are fetched in one Redis round trip.
-        2. Each item is validated, then charged against the user's signal rate.
+        2. Each item is validated, then charged against the user's batch allowance
+           (larger than Submit's, see :mod:`services.feedback.budget`).
         3. Accepted events are produced together and each waits for its own ack.
         """
         items: Sequence[feedback_pb2.SubmitRequest] = request.items
@@ -195,7 +196,7 @@ class FeedbackService:
                 try:
                     answer = answers.get((item.doc_id, self._model(item)))
                     event = self._event(item, answer, user)
-                    self._charge(user)
+                    self._charge(user, self._budget.batch)
                     accepted.append((i, event))
                 except (InvalidInputError, OverloadedError) as exc:
                     results[i] = feedback_pb2.SubmitResult(

@@ -67,7 +67,9 @@ def run(settings: FeedbackSettings, stop: threading.Event) -> int:
         except Exception:
             redis_ok = False
         assigned = len(loop.stats.assigned)
-        return redis_ok and assigned > 0, {"redis": redis_ok, "partitions": assigned}
+        waiting_on = loop.stats.waiting_on
+        ready = redis_ok and assigned > 0 and waiting_on is None
+        return ready, {"redis": redis_ok, "partitions": assigned, "waiting_on": waiting_on}
 
     collector = QualityCollector(state.quality)
     REGISTRY.register(collector)
@@ -79,12 +81,9 @@ def run(settings: FeedbackSettings, stop: threading.Event) -> int:
         settings.kafka.flush_timeout_s,
     ).start()
     limiter = RateLimiter(options.quota_rps, options.quota_burst) if options.quota_rps else None
-    signal_limiter = (
-        RateLimiter(options.signals_per_s, options.signals_burst) if options.signals_per_s else None
-    )
     if not options.api_keys:
         log.warning("no API keys configured: every signal is recorded for user 'anonymous'")
-    service = FeedbackService(store, state, review, publisher, options, signal_limiter)
+    service = FeedbackService(store, state, review, publisher, options)
     server, port, health = create_server(
         options.grpc_address,
         [service.handler()],

@@ -5,24 +5,33 @@ hair differently beside different neighbours; a record replayed after a crash la
 a different batch. To keep "the same document always gets the same prediction from
 the same model version" true, the first answer for a (model, version, document id)
 is stored in Redis with SET NX and every later one, from any instance, is replaced by
-it. If Redis is unreachable, documents are still scored (availability first) and the
-miss is counted.
+it.
+
+If Redis fails, the store raises :class:`TransientError` and the Kafka loop waits
+(reporting not-ready) until it answers again. Publishing a fresh answer instead would
+break the promise exactly when it matters: an earlier answer may sit in Redis, unread,
+and a fresh one the store never kept could be contradicted by the next replay.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 
 import redis
 from prometheus_client import Counter
 
 from sentiflow.config import RedisSettings
+from sentiflow.errors import TransientError
 from sentiflow.redisclient import key
 
-log = logging.getLogger(__name__)
-
 LOOKUPS = Counter("sentiflow_inference_answer_cache", "answer cache outcomes", ["outcome"])
+
+
+def _unavailable(exc: redis.RedisError, documents: int) -> TransientError:
+    """Any Redis failure, a refused command included, says nothing about the documents:
+    it is one to wait out (the loop logs it), never a reason to dead-letter them."""
+    LOOKUPS.labels("unavailable").inc(documents)
+    return TransientError(f"answer store unavailable: {exc}")
 
 
 class AnswerStore:
@@ -41,9 +50,7 @@ class AnswerStore:
         try:
             values = self._client.mget([self._key(model, version, d) for d in doc_ids])
         except redis.RedisError as exc:
-            LOOKUPS.labels("unavailable").inc(len(doc_ids))
-            log.warning("answer store unavailable: %s", exc)
-            return {}
+            raise _unavailable(exc, len(doc_ids)) from exc
         # The client is built without decode_responses, so values are bytes.
         found = {d: v for d, v in zip(doc_ids, values, strict=True) if isinstance(v, bytes)}
         LOOKUPS.labels("hit").inc(len(found))
@@ -64,9 +71,7 @@ class AnswerStore:
                 pipe.get(self._key(model, version, doc_id))
             replies = pipe.execute()
         except redis.RedisError as exc:
-            LOOKUPS.labels("unavailable").inc(len(ids))
-            log.warning("answer store unavailable: %s", exc)
-            return dict(answers)
+            raise _unavailable(exc, len(ids)) from exc
         stood = {
             d: bytes(v) if v is not None else answers[d]
             for d, v in zip(ids, replies[len(ids) :], strict=True)

@@ -41,8 +41,14 @@ def run(settings: InferenceSettings, stop: threading.Event) -> int:
     def readiness() -> tuple[bool, dict[str, object]]:
         serving = {n: v.version for n, v in manager.serving().items()}
         assigned = sorted(loop.stats.assigned) if loop is not None else []
-        kafka_ok = not options.kafka_enabled or bool(assigned)
-        return manager.ready() and kafka_ok, {"models": serving, "partitions": len(assigned)}
+        waiting_on = loop.stats.waiting_on if loop is not None else None
+        kafka_ok = not options.kafka_enabled or (bool(assigned) and waiting_on is None)
+        detail: dict[str, object] = {
+            "models": serving,
+            "partitions": len(assigned),
+            "waiting_on": waiting_on,
+        }
+        return manager.ready() and kafka_ok, detail
 
     health_http = HealthServer(port=settings.metrics_port, ready=readiness).start()
     limiter = RateLimiter(options.quota_rps, options.quota_burst) if options.quota_rps else None

@@ -46,7 +46,19 @@ pytestmark = pytest.mark.integration
 
 CONFIRM = events_pb2.FEEDBACK_KIND_CONFIRM
 CORRECT = events_pb2.FEEDBACK_KIND_CORRECT
-USERS = ("alice", "bob", "carol", "mallory", "spammer", "gina", "hank", "ivan", "judy", "kim")
+USERS = (
+    "alice",
+    "bob",
+    "carol",
+    "mallory",
+    "spammer",
+    "gina",
+    "hank",
+    "ivan",
+    "judy",
+    "kim",
+    "analyst",
+)
 OK = grpc.StatusCode.OK.value[0]
 
 
@@ -123,8 +135,9 @@ def _settings(kafka: KafkaSettings, redis_url: str, tmp: Path) -> FeedbackSettin
         feedback=FeedbackOptions(
             grpc_address=f"127.0.0.1:{devstack.free_port()}",
             api_keys=api_keys([{"key": f"key-{u}", "user": u} for u in USERS]),
-            # 60 signals per user, then practically nothing: the rate-limit test
-            # spends a burst; no other test comes near it.
+            # 60 Submits per user, then practically nothing: the rate-limit tests
+            # spend a burst; no other test comes near it. SubmitBatch items keep
+            # their default allowance.
             signals_per_s=0.01,
             signals_burst=60.0,
             faust_datadir=tmp / "faust",
@@ -405,15 +418,18 @@ def test_bad_requests_get_clear_statuses(env: Env) -> None:
     with FeedbackClient(env.service.address, api_key="who-knows") as stranger:
         assert _code(lambda: stranger.confirm("bad-1")) == grpc.StatusCode.UNAUTHENTICATED
     with env.client("spammer") as spammer:
+        for _ in range(60):
+            assert spammer.confirm("bad-1"), "the burst is accepted"
+        limited = _error(lambda: spammer.confirm("bad-1"))
+        assert limited.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "the limit is 0.01/s (bursts of 60)" in (limited.details() or "")
         items = [feedback_pb2.SubmitRequest(doc_id="bad-1", label="bullish", kind=CORRECT)]
         items += [feedback_pb2.SubmitRequest(doc_id="bad-1", kind=CONFIRM)] * 70
         results = spammer.submit_batch(items)
         codes = [r.code for r in results]
         assert codes[0] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-        assert codes[1:61] == [OK] * 60, "the burst is accepted"
-        assert set(codes[61:]) == {grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
-        assert all(r.event_id for r in results[1:61])
-        assert _code(lambda: spammer.confirm("bad-1")) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert codes[1:] == [OK] * 70, "batch items draw on an allowance of their own"
+        assert all(r.event_id for r in results[1:])
         assert _code(lambda: spammer.submit_batch([])) == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -530,6 +546,29 @@ def test_a_killed_worker_loses_nothing_and_counts_nothing_twice(env: Env) -> Non
 
 def _order(e: events_pb2.LabeledExample) -> tuple[str, str, int]:
     return (e.doc_id, e.model, e.revision)
+
+
+def test_an_analyst_sends_a_thousand_labels_in_batches_and_submit_keeps_its_limit(
+    env: Env,
+) -> None:
+    docs = [scored(f"bulk-{i}", "positive") for i in range(1000)]
+    env.score(*docs)
+    items = [
+        feedback_pb2.SubmitRequest(doc_id=d.document.id, label="negative", kind=CORRECT)
+        if i % 3 == 0
+        else feedback_pb2.SubmitRequest(doc_id=d.document.id, kind=CONFIRM)
+        for i, d in enumerate(docs)
+    ]
+    with env.client("analyst") as analyst:
+        results = [
+            r
+            for start in range(0, 1000, 100)
+            for r in analyst.submit_batch(items[start : start + 100])
+        ]
+        accepted = [r for r in results if r.code == OK and r.event_id]
+        assert len(accepted) == 1000
+        assert all(analyst.confirm("bulk-0") for _ in range(60)), "Submit's own burst"
+        assert _code(lambda: analyst.confirm("bulk-0")) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_health_and_metrics_are_served(env: Env) -> None:
