@@ -100,7 +100,11 @@ def main() -> int:
             # The trainer's own seed validation is the test set, so the gate never sees
             # the pool it is trained on.
             trainer = Trainer(
-                settings, registry, Publisher(kafka, names), (train_texts, train_labels), test
+                settings,
+                registry,
+                Publisher(kafka, names, settings.registry.signing_key),
+                (train_texts, train_labels),
+                test,
             )
             stop = threading.Event()
             thread = threading.Thread(target=trainer.run, args=(stop,), daemon=True)

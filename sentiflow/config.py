@@ -118,6 +118,15 @@ class RegistrySettings(_Section):
     s3: S3Options = S3Options()
     # Where versions stored in an object store are fetched to and verified.
     cache_dir: Path = Path("var/artifact-cache")
+    # Shared HMAC-SHA256 key that the trainer and operators sign model.versions records
+    # with and inference checks them against: without it anyone who can write to the
+    # topic could choose the model in production. Set it from a secret.
+    signing_key: SecretStr | None = None
+    # Serve unsigned (or unverifiable) records anyway; only for a closed dev setup.
+    allow_unsigned: bool = False
+    # Artifacts larger than this are refused before any file is hashed, so a record
+    # naming a huge directory cannot keep the loader busy.
+    max_artifact_bytes: int = Field(default=2 * 1024**3, ge=1)
 
 
 class DevStackSettings(_Section):

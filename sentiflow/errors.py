@@ -58,7 +58,15 @@ class UnauthenticatedError(SentiflowError):
 
 
 class OverloadedError(TransientError):
-    """Too much work queued or a quota exceeded: retry later."""
+    """Too much work queued or a quota exceeded: retry later.
+
+    ``retry_after_s`` is how long to back off, where the raiser could estimate it; the
+    gRPC edge sends it to the caller as retry-pushback metadata.
+    """
+
+    def __init__(self, *args: object, retry_after_s: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after_s = retry_after_s
 
 
 class NotReadyError(TransientError):

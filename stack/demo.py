@@ -168,7 +168,7 @@ def _write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
         writer.writerows(rows)
 
 
-def ensure_model(opts: DemoOptions, kafka: KafkaSettings, say: Reporter) -> None:
+def ensure_model(opts: DemoOptions, kafka: KafkaSettings, signing_key: str, say: Reporter) -> None:
     """Train a first version if the registry has no production one; announce it."""
     from sentiflow.models.publish import Publisher
     from sentiflow.models.registry import Registry
@@ -179,7 +179,7 @@ def ensure_model(opts: DemoOptions, kafka: KafkaSettings, say: Reporter) -> None
         production = _bootstrap(opts, say)
     else:
         say(f"model {MODEL} {production.version} found in {opts.registry}")
-    Publisher(kafka, TopicNames()).publish(production)
+    Publisher(kafka, TopicNames(), signing_key).publish(production)
     say(f"published {production.version} as production on model.versions")
 
 
@@ -397,7 +397,8 @@ class DemoRun:
         ensure_topics(kafka, topic_specs(TopicNames()))
         say("broker and Redis ready, topics created")
 
-        ensure_model(opts, kafka, say)
+        signing_key = localstack.new_signing_key()
+        ensure_model(opts, kafka, signing_key, say)
 
         plan = localstack.LocalStackPlan(
             bootstrap_servers=bootstrap,
@@ -411,6 +412,7 @@ class DemoRun:
             log_format="console",
             extra_env={"alerting": alerting_env(AlertWindows())},
             services=names,
+            signing_key=signing_key,
         )
         self.services = Supervisor(localstack.service_specs(plan), opts.logs, on_event=self._event)
         say(f"starting {', '.join(names)} (logs in {opts.logs})")

@@ -28,6 +28,7 @@ overrides variables per service, e.g. ``{"alerting": {"SENTIFLOW_ALERTING__DETEC
 
 from __future__ import annotations
 
+import secrets
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ class LocalStackPlan:
     log_format: str = "json"
     extra_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     services: tuple[str, ...] = SERVICES
+    # One model.versions signing key for every service of this run, so the trainer's
+    # records verify in inference; fresh per run unless given, never written anywhere.
+    signing_key: str = field(default_factory=lambda: new_signing_key(), repr=False)
 
     def __post_init__(self) -> None:
         unknown = set(self.services) - set(SERVICES)
@@ -88,6 +92,11 @@ class LocalStackPlan:
 
     def health_url(self, service: str, path: str = "/readyz") -> str:
         return f"http://127.0.0.1:{self.ports[service]}{path}"
+
+
+def new_signing_key() -> str:
+    """A random key for signing model.versions records in one local run."""
+    return secrets.token_hex(32)
 
 
 def required_ports(services: Iterable[str]) -> list[str]:
@@ -126,6 +135,7 @@ def _common_env(plan: LocalStackPlan, service: str) -> dict[str, str]:
         "SENTIFLOW_LOG_LEVEL": plan.log_level,
         "SENTIFLOW_LOG_FORMAT": plan.log_format,
         "SENTIFLOW_REGISTRY__URI": str(plan.registry_dir.resolve()),
+        "SENTIFLOW_REGISTRY__SIGNING_KEY": plan.signing_key,
         "SENTIFLOW_METRICS_PORT": str(plan.ports[service]) if service in METRICS_SERVICES else "0",
         # Children write their log lines as they happen, not when a buffer fills.
         "PYTHONUNBUFFERED": "1",

@@ -116,6 +116,20 @@ def read_json(client: S3Client, location: S3Location) -> dict[str, Any] | None:
     return value
 
 
+def s3_size_exceeds(client: S3Client, location: S3Location, limit: int) -> int | None:
+    """The size listed so far once the objects under ``location`` pass ``limit`` bytes,
+    else None; the listing stops there, so nothing is downloaded to find out."""
+    total = 0
+    prefix = location.key.rstrip("/") + "/"
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=location.bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            total += obj.get("Size", 0)
+            if total > limit:
+                return total
+    return None
+
+
 def fetch_s3_artifact(
     client: S3Client, location: S3Location, expected_digest: str, cache_dir: Path
 ) -> Path:

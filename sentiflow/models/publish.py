@@ -7,6 +7,7 @@ it restarts, so the trainer re-publishes production on start).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -15,7 +16,10 @@ from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.dlq import now_timestamp
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.models.registry import ModelRegistry, Stage, VersionInfo
+from sentiflow.models.signing import Key, sign
 from sentiflow.v1 import events_pb2
+
+log = logging.getLogger(__name__)
 
 STAGES: Mapping[Stage, events_pb2.ModelStage.ValueType] = {
     "candidate": events_pb2.MODEL_STAGE_CANDIDATE,
@@ -34,7 +38,10 @@ def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def to_event(info: VersionInfo, shadow_share: float = 0.0) -> events_pb2.ModelVersion:
+def to_event(
+    info: VersionInfo, shadow_share: float = 0.0, signing_key: Key | None = None
+) -> events_pb2.ModelVersion:
+    """The model.versions record for ``info``, signed when a key is given."""
     event = events_pb2.ModelVersion(
         model=info.model_name,
         version=info.version,
@@ -49,17 +56,27 @@ def to_event(info: VersionInfo, shadow_share: float = 0.0) -> events_pb2.ModelVe
     )
     event.created_at.FromDatetime(datetime.fromisoformat(info.created))
     event.published_at.CopyFrom(now_timestamp())
-    return event
+    return sign(event, signing_key) if signing_key is not None else event
 
 
 class Publisher:
-    def __init__(self, kafka: KafkaSettings, topics: TopicNames) -> None:
+    """Sends signed model.versions records.
+
+    ``signing_key`` is required so that no caller can forget it; None (no key
+    configured) sends unsigned records, which only an inference service started with
+    ``allow_unsigned`` will serve.
+    """
+
+    def __init__(self, kafka: KafkaSettings, topics: TopicNames, signing_key: Key | None) -> None:
         self._producer = make_producer(kafka)
         self._topic = topics.full(topics.model_versions)
+        self._key = signing_key
+        if signing_key is None:
+            log.warning("no registry signing key: model.versions records go out unsigned")
 
     def publish(self, info: VersionInfo, shadow_share: float = 0.0) -> events_pb2.ModelVersion:
         """Send the version's current stage and wait until the broker has it."""
-        event = to_event(info, shadow_share)
+        event = to_event(info, shadow_share, self._key)
         produce_and_wait(
             self._producer,
             [Output(self._topic, event.SerializeToString(), key=info.model_name.encode())],

@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from sentiflow.models.artifacts import build_manifest, manifest_digest
+from sentiflow.models.signing import Key, sign
 from sentiflow.v1 import events_pb2
 
 LABELS = ("negative", "neutral", "positive")
@@ -153,9 +154,11 @@ def model_version(
     model: str = "sentiment",
     stage: events_pb2.ModelStage.ValueType = events_pb2.MODEL_STAGE_PRODUCTION,
     shadow_share: float = 0.0,
+    signing_key: Key | None = None,
 ) -> events_pb2.ModelVersion:
-    """The model.versions record that publishes ``checkpoint`` as ``version``."""
-    return events_pb2.ModelVersion(
+    """The model.versions record that publishes ``checkpoint`` as ``version``, signed
+    when ``signing_key`` is given (inference serves only signed records)."""
+    record = events_pb2.ModelVersion(
         model=model,
         version=version,
         artifact_uri=checkpoint.resolve().as_uri(),
@@ -164,3 +167,4 @@ def model_version(
         labels=list(LABELS),
         shadow_share=shadow_share,
     )
+    return sign(record, signing_key) if signing_key is not None else record

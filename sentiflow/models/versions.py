@@ -68,13 +68,27 @@ def fold(versions: Iterable[ModelVersion]) -> dict[str, ModelState]:
 
 
 OnChange = Callable[[str, ModelState], None]
+Accept = Callable[[ModelVersion], bool]
+"""Whether a record may enter the fold at all (e.g. its signature verifies)."""
 
 
 class VersionWatcher:
-    """Follows model.versions and calls back whenever production or shadow changes."""
+    """Follows model.versions and calls back whenever production or shadow changes.
 
-    def __init__(self, kafka: KafkaSettings, topic: str, on_change: OnChange) -> None:
+    ``accept`` filters records before they are folded: a reader that trusts only
+    signed records must keep a forged one from even ending a role (a forged
+    "rejected" would otherwise drop a genuine shadow).
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        on_change: OnChange,
+        accept: Accept | None = None,
+    ) -> None:
         self._on_change = on_change
+        self._accept = accept
         self.states: dict[str, ModelState] = {}
         self._follower = TopicFollower(kafka, topic, self._handle, "model-versions")
         self.caught_up = self._follower.caught_up
@@ -95,6 +109,8 @@ class VersionWatcher:
             return
         if not version.model or not version.version:
             log.warning("model.versions record without model or version skipped")
+            return
+        if self._accept is not None and not self._accept(version):
             return
         if apply(self.states, version):
             self._on_change(version.model, self.states[version.model])

@@ -537,6 +537,7 @@ class ModelVersion(_message.Message):
     PUBLISHED_AT_FIELD_NUMBER: _builtins.int
     SHADOW_SHARE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.str
     parent: _builtins.str
@@ -549,6 +550,10 @@ class ModelVersion(_message.Message):
     """share of traffic a shadow version scores"""
     reason: _builtins.str
     """why it is in this stage (e.g. the gate's verdict)"""
+    signature: _builtins.str
+    """"hmac-sha256:<hex>" over the record's canonical form (sentiflow.models.signing);
+    readers refuse a record whose signature is missing or does not verify.
+    """
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -572,10 +577,11 @@ class ModelVersion(_message.Message):
         published_at: _timestamp_pb2.Timestamp | None = ...,
         shadow_share: _builtins.float = ...,
         reason: _builtins.str = ...,
+        signature: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "published_at", b"published_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_uri", b"artifact_uri", "created_at", b"created_at", "labels", b"labels", "metrics", b"metrics", "model", b"model", "parent", b"parent", "published_at", b"published_at", "reason", b"reason", "sha256", b"sha256", "shadow_share", b"shadow_share", "stage", b"stage", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_uri", b"artifact_uri", "created_at", b"created_at", "labels", b"labels", "metrics", b"metrics", "model", b"model", "parent", b"parent", "published_at", b"published_at", "reason", b"reason", "sha256", b"sha256", "shadow_share", b"shadow_share", "signature", b"signature", "stage", b"stage", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

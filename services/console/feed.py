@@ -55,8 +55,11 @@ class Feed:
         backfill_documents: int,
         backfill_alerts: int,
         clock: Callable[[], float] = time.time,
+        accept_version: Callable[[events_pb2.ModelVersion], bool] | None = None,
     ) -> None:
         self._state = state
+        # The page says which version serves only from records inference would trust.
+        self._accept_version = accept_version
         self._publish = publish
         self._clock = clock
         self.followers = [
@@ -132,6 +135,8 @@ class Feed:
         metrics.RECORDS.labels("model").inc()
         version = _decode(events_pb2.ModelVersion, msg)
         if version is None:
+            return
+        if self._accept_version is not None and not self._accept_version(version):
             return
         view = self._state.add_version(version)
         if view is not None:

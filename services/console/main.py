@@ -9,12 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from functools import partial
 
 from aiohttp import web
 
+from sentiflow.config import RegistrySettings
 from sentiflow.health import HealthServer
 from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.logs import setup_logging
+from sentiflow.models.admission import RefusedRecordError, check_signature
+from sentiflow.v1 import events_pb2
 from services.console.config import ConsoleSettings
 from services.console.corrections import FeedbackGateway
 from services.console.feed import Feed
@@ -24,6 +28,17 @@ from services.console.stream import Hub
 from services.console.web import ConsoleApp
 
 log = logging.getLogger(__name__)
+
+
+def trusted_version(registry: RegistrySettings, version: events_pb2.ModelVersion) -> bool:
+    """Whether a model.versions record is signed as inference requires; a forged one is
+    logged and left off the page."""
+    try:
+        check_signature(version, registry)
+    except RefusedRecordError as exc:
+        log.warning("ignored model.versions record %s %s: %s", version.model, version.version, exc)
+        return False
+    return True
 
 
 def build(settings: ConsoleSettings) -> ConsoleApp:
@@ -45,6 +60,7 @@ def build(settings: ConsoleSettings) -> ConsoleApp:
         hub.publish,
         backfill_documents=options.backfill_documents,
         backfill_alerts=options.backfill_alerts,
+        accept_version=partial(trusted_version, settings.registry),
     )
     key = options.feedback_api_key.get_secret_value() if options.feedback_api_key else None
     gateway = FeedbackGateway(

@@ -101,7 +101,7 @@ class Models:
             try:
                 info = promote(
                     self._registry(),
-                    Publisher(self._kafka, self._topics),
+                    Publisher(self._kafka, self._topics, self._registry_settings.signing_key),
                     model,
                     version,
                     reason,

@@ -16,6 +16,14 @@ Interactive callers (gRPC, with a deadline) submit ``urgent`` items. They form t
 batch ahead of any queued bulk work, and bulk items may not take the last
 ``urgent_reserve`` slots of the queue, so a backlog on the Kafka path costs a gRPC call
 at most one batch in flight, never the whole backlog.
+
+Items may carry a deadline (``deadline_s``), and overload is then shed rather than
+served late, because an answer after the deadline is work nobody reads and it delays
+every call behind it. Admission estimates how long the work ahead of the request takes
+(:func:`drain_estimate_s`, from a measured cost per token) and refuses at once, with
+:class:`OverloadedError` and a retry hint, what cannot finish in time; an item whose
+deadline passes while it waits is dropped before compute with
+:class:`DeadlineExpiredError`. Items without a deadline (Kafka work) are never shed.
 """
 
 from __future__ import annotations
@@ -32,11 +40,13 @@ from typing import Generic, Protocol, TypeVar
 from sentiflow import errors
 
 __all__ = [
+    "Backlog",
     "BatchStats",
     "Batcher",
     "BatcherClosedError",
     "BatcherError",
     "Clock",
+    "DeadlineExpiredError",
     "Item",
     "NoRunnerError",
     "OutputMismatchError",
@@ -44,7 +54,10 @@ __all__ = [
     "Runner",
     "Versioned",
     "VersionedRunner",
+    "drain_estimate_s",
+    "ewma",
     "padded_tokens",
+    "refusal_hint_s",
     "select_batch",
 ]
 
@@ -69,7 +82,12 @@ class BatcherError(errors.SentiflowError):
 
 
 class OverloadedError(BatcherError, errors.OverloadedError):
-    """The queue has no room: the caller should back off (gRPC: RESOURCE_EXHAUSTED)."""
+    """The queue has no room, or no time to answer within the deadline: the caller
+    should back off (gRPC: RESOURCE_EXHAUSTED), for ``retry_after_s`` when it is set."""
+
+
+class DeadlineExpiredError(BatcherError, errors.DeadlineExceededError):
+    """The item's deadline passed before it reached the model, so it was never run."""
 
 
 class BatcherClosedError(BatcherError, errors.UnavailableError):
@@ -141,12 +159,43 @@ class BatchStats:
     failed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The work a new request would wait for, in tokens, as admission sees it.
+
+    ``tokens`` is everything queued that a batch would take before or with the request
+    (interactive work before bulk, the request's own tokens included); the batch in
+    flight is counted apart because part of it is already done.
+    """
+
+    tokens: int
+    in_flight_tokens: int = 0
+    in_flight_elapsed_s: float = 0.0
+
+
 @dataclass(slots=True)
 class _Entry(Generic[P, R]):
     seq: int
     item: Item[P]
     enqueued: float
+    deadline: float | None = None
     future: Future[Versioned[R]] = field(default_factory=Future)
+
+
+@dataclass(slots=True)
+class _Taken(Generic[P, R]):
+    """A batch removed from the queue, plus the items dropped as expired on the way."""
+
+    runner: Runner[P, R]
+    entries: list[_Entry[P, R]]
+    expired: list[_Entry[P, R]]
+    dispatched: float
+    depth: int
+
+
+COST_WEIGHT = 0.2
+"""Weight of the newest batch in the cost-per-token average: a few batches of history,
+so one slow batch (a GC pause) does not shut the door, yet a real slowdown shows soon."""
 
 
 def padded_tokens(lengths: Sequence[int]) -> int:
@@ -186,12 +235,46 @@ def select_batch(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: 
     return chosen
 
 
+def ewma(previous: float | None, sample: float, weight: float = COST_WEIGHT) -> float:
+    """Exponentially weighted average; the first sample stands alone, as there is no past."""
+    if previous is None:
+        return sample
+    return previous + weight * (sample - previous)
+
+
+def drain_estimate_s(backlog: Backlog, s_per_token: float) -> float:
+    """Seconds until a request behind ``backlog`` is answered, at ``s_per_token``.
+
+    Per token rather than per item because batches are formed and paid for by tokens;
+    the measured cost is taken over whole batches, so it already includes what batching
+    saves and what padding wastes. The batch in flight counts only for what is left of
+    it, and never less than nothing when it runs longer than estimated.
+    """
+    in_flight_s = backlog.in_flight_tokens * s_per_token - backlog.in_flight_elapsed_s
+    return backlog.tokens * s_per_token + max(0.0, in_flight_s)
+
+
+def refusal_hint_s(estimate_s: float, budget_s: float | None) -> float | None:
+    """None to admit; otherwise how long the caller should wait before retrying.
+
+    A request without a deadline is always admitted: it can wait. One that cannot be
+    answered within its budget is refused now, while the caller still has time to try
+    elsewhere, rather than computed too late. The hint is the shortfall: by then the
+    work that made this one late has drained.
+    """
+    if budget_s is None or estimate_s <= budget_s:
+        return None
+    return estimate_s - budget_s
+
+
 class Batcher(Generic[P, R]):
     """Bounded queue plus one batching thread; see the module docstring.
 
     Thread-safe. ``runner`` may be None until the first model exists; ``submit`` then
     raises :class:`NoRunnerError`. ``on_batch`` runs on the batching thread after every
-    batch, after the batch's futures are resolved.
+    batch, after the batch's futures are resolved. ``on_shed(reason, count)`` is told
+    of items refused (``"refused"``) or dropped as expired (``"expired"``) for their
+    deadline, from the thread that shed them.
     """
 
     def __init__(
@@ -205,6 +288,7 @@ class Batcher(Generic[P, R]):
         urgent_reserve: int | None = None,
         clock: Clock = time.monotonic,
         on_batch: Callable[[BatchStats], None] | None = None,
+        on_shed: Callable[[str, int], None] | None = None,
         name: str = "batcher",
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or capacity < 1:
@@ -221,6 +305,7 @@ class Batcher(Generic[P, R]):
         self._bulk_limit = capacity - min(max(reserve, 0), capacity - 1)
         self._clock = clock
         self._on_batch = on_batch
+        self._on_shed = on_shed
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
         self._room_ready = threading.Condition(self._lock)
@@ -231,6 +316,9 @@ class Batcher(Generic[P, R]):
         self._urgent: dict[int, _Entry[P, R]] = {}
         self._next_seq = 0
         self._busy_with: Runner[P, R] | None = None
+        # Tokens and start time of the batch in flight, and the measured cost per token.
+        self._in_flight: tuple[int, float] | None = None
+        self._s_per_token: float | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -252,6 +340,12 @@ class Batcher(Generic[P, R]):
         with self._lock:
             return self._runner
 
+    @property
+    def s_per_token(self) -> float | None:
+        """Measured compute seconds per token (None before the first batch)."""
+        with self._lock:
+            return self._s_per_token
+
     def submit(
         self,
         items: Sequence[Item[P]],
@@ -259,6 +353,7 @@ class Batcher(Generic[P, R]):
         block: bool = False,
         timeout: float | None = None,
         urgent: bool = False,
+        deadline_s: float | None = None,
     ) -> list[Future[Versioned[R]]]:
         """Queue items, all or none, and return one future per item in the same order.
 
@@ -266,6 +361,10 @@ class Batcher(Generic[P, R]):
         ``block=True`` the call waits for room, up to ``timeout`` seconds (forever when
         None), then raises :class:`OverloadedError`. ``urgent`` items go ahead of bulk
         ones and may use the reserved slots (see the module docstring).
+
+        ``deadline_s``: seconds from now by which the answers are needed. A passed
+        deadline raises :class:`DeadlineExpiredError`; one the queue ahead cannot meet
+        raises :class:`OverloadedError` with ``retry_after_s`` set, and nothing is queued.
         """
         if len(items) > self._capacity:
             raise ValueError(f"{len(items)} items can never fit a queue of {self._capacity}")
@@ -274,8 +373,11 @@ class Batcher(Generic[P, R]):
         with self._lock:
             self._wait_for_room(len(items), block, timeout, urgent)
             now = self._clock()
+            deadline = None if deadline_s is None else now + deadline_s
+            if deadline_s is not None:
+                self._admit(items, deadline_s, urgent, now)
             lane = self._urgent if urgent else self._queue
-            entries = [self._enqueue(lane, item, now) for item in items]
+            entries = [self._enqueue(lane, item, now, deadline) for item in items]
             self._work_ready.notify()
         for entry in entries:
             entry.future.add_done_callback(self._forget_if_cancelled(entry.seq))
@@ -341,8 +443,45 @@ class Batcher(Generic[P, R]):
                 raise OverloadedError(f"no room in the queue within {timeout} s")
             self._room_ready.wait(remaining)
 
-    def _enqueue(self, lane: dict[int, _Entry[P, R]], item: Item[P], now: float) -> _Entry[P, R]:
-        entry: _Entry[P, R] = _Entry(self._next_seq, item, now)
+    def _admit(self, items: Sequence[Item[P]], budget_s: float, urgent: bool, now: float) -> None:
+        """Refuse, before queueing, items whose deadline is gone or cannot be met."""
+        if budget_s <= 0:
+            self._shed("expired", len(items))
+            raise DeadlineExpiredError("the deadline passed before the items were queued")
+        if self._s_per_token is None:
+            return  # Nothing measured yet: no grounds to refuse anyone.
+        estimate = drain_estimate_s(self._backlog(items, urgent, now), self._s_per_token)
+        hint = refusal_hint_s(estimate, budget_s)
+        if hint is not None:
+            self._shed("refused", len(items))
+            raise OverloadedError(
+                f"an estimated {estimate:.3f} s of work is ahead, "
+                f"more than the {budget_s:.3f} s left before the deadline",
+                retry_after_s=hint,
+            )
+
+    def _backlog(self, items: Sequence[Item[P]], urgent: bool, now: float) -> Backlog:
+        """What new ``items`` would wait for, in the order batches take work."""
+        lanes = (self._urgent,) if urgent else (self._urgent, self._queue)
+        queued = sum(e.item.tokens for lane in lanes for e in lane.values())
+        tokens = queued + sum(item.tokens for item in items)
+        if self._in_flight is None:
+            return Backlog(tokens)
+        in_flight_tokens, started = self._in_flight
+        return Backlog(tokens, in_flight_tokens, now - started)
+
+    def _shed(self, reason: str, count: int) -> None:
+        if self._on_shed is None or count == 0:
+            return
+        try:
+            self._on_shed(reason, count)
+        except Exception:
+            log.exception("on_shed callback failed")
+
+    def _enqueue(
+        self, lane: dict[int, _Entry[P, R]], item: Item[P], now: float, deadline: float | None
+    ) -> _Entry[P, R]:
+        entry: _Entry[P, R] = _Entry(self._next_seq, item, now, deadline)
         lane[entry.seq] = entry
         self._next_seq += 1
         return entry
@@ -364,12 +503,12 @@ class Batcher(Generic[P, R]):
             taken = self._take_batch()
             if taken is None:
                 return
-            runner, entries, dispatched, depth = taken
+            self._expire(taken.expired)
             # From here on a caller can no longer cancel; those who already did are skipped.
-            live = [e for e in entries if e.future.set_running_or_notify_cancel()]
+            live = [e for e in taken.entries if e.future.set_running_or_notify_cancel()]
             try:
                 if live:
-                    self._execute(runner, live, dispatched, depth)
+                    self._execute(taken.runner, live, taken.dispatched, taken.depth)
             except Exception as exc:
                 # Whatever broke outside the model call, no caller may be left waiting.
                 log.exception("batch execution failed")
@@ -378,16 +517,33 @@ class Batcher(Generic[P, R]):
             finally:
                 with self._lock:
                     self._busy_with = None
+                    self._in_flight = None
                     self._batch_done.notify_all()
 
-    def _take_batch(
-        self,
-    ) -> tuple[Runner[P, R], list[_Entry[P, R]], float, int] | None:
-        """Block until a batch is due and remove it from the queue; None once closed and empty."""
+    def _expire(self, expired: list[_Entry[P, R]]) -> None:
+        """Fail items whose deadline passed in the queue; outside the lock, as callbacks run."""
+        for entry in expired:
+            _fail(entry.future, DeadlineExpiredError("the deadline passed before the item ran"))
+        self._shed("expired", len(expired))
+
+    def _take_batch(self) -> _Taken[P, R] | None:
+        """Block until a batch is due and remove it from the queue; None once closed and empty.
+
+        Items whose deadline has passed are removed on the way and handed back apart,
+        so no batch slot, and no compute, is spent on an answer nobody waits for.
+        """
+        expired: list[_Entry[P, R]] = []
         with self._lock:
             while True:
+                now = self._clock()
+                dropped = _pop_expired(self._urgent, now) + _pop_expired(self._queue, now)
+                if dropped:
+                    expired += dropped
+                    self._room_ready.notify_all()
                 lane = self._urgent or self._queue
                 if not lane:
+                    if expired:
+                        return _Taken(self._runner_or_fail(), [], expired, now, 0)
                     if self._closed:
                         return None
                     self._work_ready.wait()
@@ -397,20 +553,24 @@ class Batcher(Generic[P, R]):
                     [e.item.tokens for e in queued], self._max_batch_size, self._max_batch_tokens
                 )
                 full = len(picked) == self._max_batch_size or len(picked) < len(queued)
-                now = self._clock()
                 if not full and not self._closed and self._max_delay_s > 0:
                     remaining = queued[0].enqueued + self._max_delay_s - now
                     if remaining > 0:
                         self._work_ready.wait(remaining)
                         continue
-                runner = self._runner
-                assert runner is not None, "items are only admitted once a runner exists"
+                runner = self._runner_or_fail()
                 entries = [queued[i] for i in picked]
                 for entry in entries:
                     del lane[entry.seq]
                 self._busy_with = runner
+                self._in_flight = (sum(e.item.tokens for e in entries), now)
                 self._room_ready.notify_all()
-                return runner, entries, now, self._depth()
+                return _Taken(runner, entries, expired, now, self._depth())
+
+    def _runner_or_fail(self) -> Runner[P, R]:
+        runner = self._runner
+        assert runner is not None, "items are only admitted once a runner exists"
+        return runner
 
     def _execute(
         self,
@@ -432,6 +592,10 @@ class Batcher(Generic[P, R]):
         except Exception as exc:
             error = exc
         compute_s = self._clock() - start
+        tokens = sum(e.item.tokens for e in entries)
+        if error is None and tokens > 0:
+            with self._lock:
+                self._s_per_token = ewma(self._s_per_token, compute_s / tokens)
         if error is None:
             for entry, output in zip(entries, outputs, strict=True):
                 entry.future.set_result(Versioned(output, version))
@@ -469,6 +633,14 @@ class Batcher(Generic[P, R]):
         except Exception:
             # A metrics bug must not take the model thread down with it.
             log.exception("on_batch callback failed")
+
+
+def _pop_expired(lane: dict[int, _Entry[P, R]], now: float) -> list[_Entry[P, R]]:
+    """Remove and return the entries of ``lane`` whose deadline is not after ``now``."""
+    expired = [e for e in lane.values() if e.deadline is not None and e.deadline <= now]
+    for entry in expired:
+        del lane[entry.seq]
+    return expired
 
 
 def _fail(future: Future[Versioned[R]], error: BaseException) -> None:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from sentiflow.errors import DeadlineExceededError
+from sentiflow.errors import DeadlineExceededError, OverloadedError
 from sentiflow.grpchandlers import abort, parse_request, unary_handler
 from sentiflow.v1 import classifier_pb2, events_pb2
 from services.inference import metrics
@@ -43,6 +43,17 @@ def to_model_prediction(model: str, scored: Scored) -> events_pb2.ModelPredictio
     )
 
 
+RETRY_METADATA = ("retry-after-ms", "grpc-retry-pushback-ms")
+"""Trailing metadata keys carrying a refusal's back-off in milliseconds: the first for
+any client, the second is the key gRPC's own retry policy honours."""
+
+
+def retry_metadata(retry_after_s: float) -> tuple[tuple[str, str], ...]:
+    """The back-off hint as trailing metadata; at least 1 ms, as 0 would mean "now"."""
+    millis = str(max(1, round(retry_after_s * 1000)))
+    return tuple((key, millis) for key in RETRY_METADATA)
+
+
 def _remaining(context: grpc.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     # Without a deadline gRPC reports a remaining time far beyond what a wait accepts.
@@ -62,9 +73,17 @@ class ClassifierService:
         self, texts: Sequence[str], models: Sequence[str], context: grpc.ServicerContext
     ) -> list[list[events_pb2.ModelPrediction]]:
         names = self._manager.resolve_models(models)
-        futures = self._manager.submit(texts, names, block=False, urgent=True)
         deadline = _remaining(context)
         started = time.monotonic()
+        try:
+            futures = self._manager.submit(
+                texts, names, block=False, urgent=True, deadline_s=deadline
+            )
+        except OverloadedError as exc:
+            # Refused before any work was done: tell the caller when to come back.
+            if exc.retry_after_s is not None:
+                context.set_trailing_metadata(retry_metadata(exc.retry_after_s))
+            raise
         results: list[list[events_pb2.ModelPrediction]] = [[] for _ in texts]
         try:
             for name in names:

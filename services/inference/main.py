@@ -18,9 +18,32 @@ from services.inference.answers import AnswerStore
 from services.inference.config import InferenceSettings
 from services.inference.grpc_api import SERVICE, ClassifierService
 from services.inference.kafka_path import make_handler
+from services.inference.loading import signed_by
 from services.inference.models import ModelManager
 
 log = logging.getLogger(__name__)
+
+
+class UnsignedRegistryError(RuntimeError):
+    """Inference would follow model.versions with nothing to verify records against."""
+
+
+def require_signing_key(settings: InferenceSettings) -> None:
+    """Refuse to follow model.versions without a signing key: every record would be
+    refused, or, worse, anyone able to write the topic would choose the model. A
+    closed dev setup may say ``allow_unsigned`` instead; local checkpoints need neither.
+    """
+    registry = settings.registry
+    if settings.inference.model_paths or registry.signing_key is not None:
+        return
+    if registry.allow_unsigned:
+        log.warning("no registry signing key: serving unsigned model.versions records")
+        return
+    raise UnsignedRegistryError(
+        "no SENTIFLOW_REGISTRY__SIGNING_KEY to verify model.versions records with; "
+        "set it (the trainer's key), or SENTIFLOW_REGISTRY__ALLOW_UNSIGNED=true for a "
+        "closed dev setup"
+    )
 
 
 def run(settings: InferenceSettings, stop: threading.Event) -> int:
@@ -35,6 +58,7 @@ def run(settings: InferenceSettings, stop: threading.Event) -> int:
     """
     options = settings.inference
     topics = settings.topics
+    require_signing_key(settings)
     manager = ModelManager(options, registry=settings.registry)
     loop: ProcessingLoop | None = None
 
@@ -68,7 +92,10 @@ def run(settings: InferenceSettings, stop: threading.Event) -> int:
         manager.load_local_paths()
     else:
         watcher = VersionWatcher(
-            settings.kafka, topics.full(topics.model_versions), manager.on_change
+            settings.kafka,
+            topics.full(topics.model_versions),
+            manager.on_change,
+            accept=signed_by(settings.registry),
         ).start()
 
     try:

@@ -42,6 +42,11 @@ END_TO_END = Histogram(
     "from a document's ingestion to its prediction being produced",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+SHED = Counter(
+    "sentiflow_inference_shed",
+    "texts shed for their deadline: refused fast at admission, or expired before compute",
+    ["model", "reason"],
+)
 REQUEST_SECONDS = Histogram(
     "sentiflow_inference_grpc_seconds", "gRPC handler time", ["method"], buckets=_LATENCY_BUCKETS
 )
@@ -49,6 +54,11 @@ MODEL_INFO = Info("sentiflow_inference_model", "model versions being served")
 SWAPS = Counter("sentiflow_inference_model_swaps", "model versions swapped in", ["model", "role"])
 LOAD_FAILURES = Counter(
     "sentiflow_inference_model_load_failures", "versions that could not be loaded", ["model"]
+)
+RECORDS_REFUSED = Counter(
+    "sentiflow_inference_model_records_refused",
+    "model.versions records refused before loading (forged, outside the registry, ...)",
+    ["model", "reason"],
 )
 SHADOW_SCORED = Counter(
     "sentiflow_inference_shadow_scored", "texts scored by the shadow version", ["model", "version"]
@@ -75,3 +85,7 @@ def observe_batch(model: str, stats: BatchStats) -> None:
         queue.observe(seconds)
     if stats.failed:
         ERRORS.labels("batch_failed").inc()
+
+
+def observe_shed(model: str, reason: str, count: int) -> None:
+    SHED.labels(model, reason).inc(count)

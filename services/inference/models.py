@@ -26,6 +26,7 @@ from functools import partial
 
 from sentiflow.config import RegistrySettings
 from sentiflow.errors import InvalidInputError, NotReadyError
+from sentiflow.models.admission import RefusedRecordError
 from sentiflow.models.artifacts import build_manifest, manifest_digest
 from sentiflow.models.versions import ModelState, ModelVersion
 from sentiflow.v1 import events_pb2
@@ -51,6 +52,16 @@ def sampled(text: str, share: float) -> bool:
 def queue_items(encoded: Sequence[Encoded]) -> list[Item[Encoded]]:
     """Batcher items whose length is the encoding's, the tensor width they will need."""
     return [Item(e, e.tokens) for e in encoded]
+
+
+_Identity = tuple[str, str, str, str]
+
+
+def _identity(info: ModelVersion) -> _Identity:
+    """What makes two records the same publication: a record that reuses a version name
+    with another artifact or signature (say, a forgery refused earlier) must not make
+    the genuine one look already handled."""
+    return (info.version, info.artifact_uri, info.sha256, info.signature)
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,7 @@ class ModelManager:
         self._batchers = {name: self._new_batcher(name) for name in options.models}
         self._serving: dict[str, _Served] = {}
         self._shadows: dict[str, _Shadow] = {}
-        self._wanted: dict[tuple[str, str], str | None] = {}
+        self._wanted: dict[tuple[str, str], _Identity | None] = {}
         self._lock = threading.Lock()
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self.changed = threading.Condition()
@@ -104,6 +115,7 @@ class ModelManager:
             max_delay_s=o.max_delay_ms / 1000,
             capacity=o.queue_capacity,
             on_batch=lambda stats: metrics.observe_batch(name, stats),
+            on_shed=lambda reason, count: metrics.observe_shed(name, reason, count),
             name=f"batcher-{name}-{role}",
         )
 
@@ -151,11 +163,11 @@ class ModelManager:
         if model not in self._batchers or model in self._options.model_paths:
             return
         for role, info in (("production", state.production), ("shadow", state.shadow)):
-            version = info.version if info is not None else None
+            wanted = _identity(info) if info is not None else None
             with self._lock:
-                if self._wanted.get((model, role)) == version:
+                if self._wanted.get((model, role)) == wanted:
                     continue
-                self._wanted[(model, role)] = version
+                self._wanted[(model, role)] = wanted
             if info is None:
                 if role == "shadow":
                     self._drop_shadow(model)
@@ -170,6 +182,11 @@ class ModelManager:
                 return  # a newer version was published while this one waited
         try:
             runner = self._load(info)
+        except RefusedRecordError as exc:
+            metrics.LOAD_FAILURES.labels(info.model).inc()
+            metrics.RECORDS_REFUSED.labels(info.model, exc.reason).inc()
+            log.error("refused %s %s as %s: %s", info.model, info.version, role, exc)
+            return
         except Exception:
             metrics.LOAD_FAILURES.labels(info.model).inc()
             log.exception("cannot serve %s %s as %s", info.model, info.version, role)
@@ -183,7 +200,7 @@ class ModelManager:
 
     def _superseded(self, info: ModelVersion, role: str) -> bool:
         """Whether a later publication replaced ``info`` in ``role``; the lock is held."""
-        return self._wanted.get((info.model, role)) != info.version
+        return self._wanted.get((info.model, role)) != _identity(info)
 
     def _swap_in(
         self, info: ModelVersion, role: str, runner: TextRunner, *, unless_superseded: bool = False
@@ -255,18 +272,20 @@ class ModelManager:
         block: bool,
         timeout: float | None = None,
         urgent: bool = False,
+        deadline_s: float | None = None,
     ) -> dict[str, list[Future[Scored]]]:
         """Queue every text on every model's batcher; one future per (model, text).
 
         Raises NotReadyError before any model version exists, OverloadedError when the
         queue is full (``block=False``) or stays full past ``timeout``. ``urgent``: a
-        caller with a deadline, served ahead of queued Kafka work.
+        caller with a deadline, served ahead of queued Kafka work. ``deadline_s``: seconds
+        left to answer in; work that cannot make it is refused (see the batcher).
         """
         out: dict[str, list[Future[Scored]]] = {}
         try:
             for model in models:
                 out[model], _ = self.submit_with_shadow(
-                    texts, model, block=block, timeout=timeout, urgent=urgent
+                    texts, model, block=block, timeout=timeout, urgent=urgent, deadline_s=deadline_s
                 )
         except Exception:
             for futures in out.values():
@@ -283,6 +302,7 @@ class ModelManager:
         block: bool,
         timeout: float | None = None,
         urgent: bool = False,
+        deadline_s: float | None = None,
     ) -> tuple[list[Future[Scored]], ShadowFutures]:
         """Queue texts on ``model``'s production batcher and, for the sampled share, on
         its shadow; the shadow futures are keyed by position in ``texts``."""
@@ -293,7 +313,9 @@ class ModelManager:
             raise NotReadyError(f"no model version published yet for {model}")
         items = queue_items(served.runner.encode(texts))
         batcher = self._batchers[model]
-        futures = batcher.submit(items, block=block, timeout=timeout, urgent=urgent)
+        futures = batcher.submit(
+            items, block=block, timeout=timeout, urgent=urgent, deadline_s=deadline_s
+        )
         return futures, _shadow_score(shadow, texts, items, futures)
 
     def close(self) -> None:

@@ -103,7 +103,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     )
     print(f"{info.model_name} {info.version}: {json.dumps(info.metrics)}")
     if not args.no_publish:
-        Publisher(settings.kafka, settings.topics).publish(info)
+        Publisher(settings.kafka, settings.topics, settings.registry.signing_key).publish(info)
         print(f"published {info.version} as production on model.versions")
     return 0
 
@@ -130,7 +130,13 @@ def _promote(model: str, version: str, reason: str) -> int:
     from sentiflow.models.publish import Publisher, promote
 
     settings = _settings()
-    promote(_registry(settings), Publisher(settings.kafka, settings.topics), model, version, reason)
+    promote(
+        _registry(settings),
+        Publisher(settings.kafka, settings.topics, settings.registry.signing_key),
+        model,
+        version,
+        reason,
+    )
     print(f"{model} {version} is production (published)")
     return 0
 

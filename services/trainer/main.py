@@ -22,7 +22,7 @@ def build(settings: TrainerSettings) -> Trainer:
     return Trainer(
         settings,
         open_registry(settings.registry),
-        Publisher(settings.kafka, settings.topics),
+        Publisher(settings.kafka, settings.topics, settings.registry.signing_key),
         load_seed_split("train", options.seed_data),
         load_seed_split("valid", options.seed_data),
     )

@@ -65,6 +65,22 @@ def test_every_service_gets_a_command_its_ports_and_the_shared_addresses(
         assert specs[service].env["SENTIFLOW_REGISTRY__URI"] == registry
 
 
+def test_every_service_of_a_run_shares_one_fresh_signing_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    specs = service_specs(_plan(tmp_path))
+    keys = {spec.env["SENTIFLOW_REGISTRY__SIGNING_KEY"] for spec in specs}
+    assert len(keys) == 1
+    assert len(next(iter(keys))) >= 32
+    assert _plan(tmp_path).signing_key not in keys, "each run gets its own key"
+    classes = settings_classes()
+    inference = next(s for s in specs if s.name == "inference")
+    settings = load_settings(classes["inference"], dict(inference.env), monkeypatch)
+    assert settings.registry.signing_key is not None
+    assert settings.registry.signing_key.get_secret_value() in keys
+    assert not settings.registry.allow_unsigned
+
+
 def test_without_a_feed_folder_ingest_serves_http(tmp_path: Path) -> None:
     plan = _plan(tmp_path, feed_dir=None, ingest_dedup=False, services=("ingest",))
     (spec,) = service_specs(plan)

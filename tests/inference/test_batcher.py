@@ -12,16 +12,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.inference.batcher import (
+    Backlog,
     Batcher,
     BatcherClosedError,
     BatchStats,
+    DeadlineExpiredError,
     Item,
     NoRunnerError,
     OutputMismatchError,
     OverloadedError,
     Versioned,
     VersionedRunner,
+    drain_estimate_s,
+    ewma,
     padded_tokens,
+    refusal_hint_s,
     select_batch,
 )
 
@@ -494,3 +499,138 @@ def test_urgent_items_go_ahead_of_queued_bulk_work(
     order = model.seen
     assert order.index("u1") < order.index("b1")
     assert order.index("u2") < order.index("b1")
+
+
+# --- deadline-aware admission (pure) ---------------------------------------------------
+
+
+def test_the_cost_average_starts_at_its_first_sample_and_moves_by_its_weight() -> None:
+    assert ewma(None, 0.4) == 0.4
+    assert ewma(1.0, 2.0, weight=0.25) == pytest.approx(1.25)
+
+
+def test_the_drain_estimate_counts_the_queue_and_what_is_left_of_the_batch_in_flight() -> None:
+    assert drain_estimate_s(Backlog(tokens=30), s_per_token=0.1) == pytest.approx(3.0)
+    backlog = Backlog(tokens=30, in_flight_tokens=10, in_flight_elapsed_s=0.4)
+    assert drain_estimate_s(backlog, s_per_token=0.1) == pytest.approx(3.6)
+    overdue = Backlog(tokens=30, in_flight_tokens=10, in_flight_elapsed_s=5.0)
+    assert drain_estimate_s(overdue, s_per_token=0.1) == pytest.approx(3.0)
+
+
+def test_only_a_deadline_the_estimate_overruns_is_refused_with_the_shortfall_as_hint() -> None:
+    assert refusal_hint_s(5.0, None) is None, "work without a deadline can always wait"
+    assert refusal_hint_s(1.5, 2.0) is None
+    assert refusal_hint_s(2.0, 2.0) is None
+    assert refusal_hint_s(4.5, 2.0) == pytest.approx(2.5)
+
+
+# --- deadline-aware admission (the batcher) ---------------------------------------------
+
+
+class Shed:
+    """Collects what the batcher reports through ``on_shed``."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, reason: str, count: int) -> None:
+        self.counts[reason] += count
+
+
+@pytest.fixture
+def timed_model(clock: FakeClock) -> FakeModel:
+    """Every batch takes one second on the fake clock, whatever its size."""
+    return FakeModel(clock=clock, compute_s=1.0)
+
+
+def loaded_batcher(
+    batcher_factory: Callable[..., Batcher[str, str]], model: FakeModel, shed: Shed
+) -> tuple[Batcher[str, str], list[Future[Versioned[str]]]]:
+    """A batcher that has measured 0.1 s per token, with 8 tokens in flight, just started,
+    and 30 urgent tokens queued: 0.8 + 3.0 s of work ahead of the next request."""
+    batcher = batcher_factory(model, max_batch_size=1, on_shed=shed)
+    results(batcher.submit(items("warm-up", tokens=10)))
+    assert batcher.s_per_token == pytest.approx(0.1)
+    model.started.clear()
+    first = start_blocked_batch(batcher, model)
+    queued = batcher.submit(items("u1", "u2", "u3", tokens=10), urgent=True)
+    return batcher, [first, *queued]
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed(
+    batcher_factory: Callable[..., Batcher[str, str]], model: FakeModel, clock: FakeClock
+) -> None:
+    shed = Shed()
+    batcher = batcher_factory(model, on_shed=shed)
+    first = start_blocked_batch(batcher, model)
+    (late,) = batcher.submit(items("late"), urgent=True, deadline_s=1.0)
+    (kafka,) = batcher.submit(items("kafka"))
+    clock.advance(2.0)
+    model.release()
+    with pytest.raises(DeadlineExpiredError):
+        late.result(TIMEOUT)
+    assert [r.value for r in results([first, kafka])] == ["v1:first", "v1:kafka"]
+    assert "late" not in model.seen
+    assert shed.counts == Counter(expired=1)
+
+
+def test_a_request_already_past_its_deadline_is_not_queued(
+    batcher_factory: Callable[..., Batcher[str, str]], model: FakeModel
+) -> None:
+    batcher = batcher_factory(model)
+    with pytest.raises(DeadlineExpiredError):
+        batcher.submit(items("late"), urgent=True, deadline_s=0.0)
+    assert batcher.queue_depth == 0
+
+
+def test_a_request_the_queue_ahead_cannot_serve_in_time_is_refused_at_once_with_a_hint(
+    batcher_factory: Callable[..., Batcher[str, str]], timed_model: FakeModel
+) -> None:
+    shed = Shed()
+    batcher, ahead = loaded_batcher(batcher_factory, timed_model, shed)
+    with pytest.raises(OverloadedError) as refused:
+        batcher.submit(items("u4", tokens=10), urgent=True, deadline_s=2.0)
+    # 0.8 s in flight + 3.0 s queued + 1.0 s of its own, against 2.0 s left.
+    assert refused.value.retry_after_s == pytest.approx(2.8)
+    assert batcher.queue_depth == 3, "a refused request takes no slot"
+    assert shed.counts == Counter(refused=1)
+    timed_model.release()
+    results(ahead)
+    assert "u4" not in timed_model.seen
+
+
+def test_a_request_that_fits_its_deadline_is_admitted(
+    batcher_factory: Callable[..., Batcher[str, str]], timed_model: FakeModel
+) -> None:
+    shed = Shed()
+    batcher, ahead = loaded_batcher(batcher_factory, timed_model, shed)
+    (fits,) = batcher.submit(items("u4", tokens=10), urgent=True, deadline_s=5.0)
+    timed_model.release()
+    assert [r.value for r in results([*ahead, fits])][-1] == "v1:u4"
+    assert not shed.counts
+
+
+def test_queued_bulk_work_does_not_count_against_an_urgent_deadline(
+    batcher_factory: Callable[..., Batcher[str, str]], timed_model: FakeModel
+) -> None:
+    shed = Shed()
+    batcher, ahead = loaded_batcher(batcher_factory, timed_model, shed)
+    bulk = batcher.submit(items("k1", "k2", "k3", "k4", "k5", tokens=100))
+    (fits,) = batcher.submit(items("u4", tokens=10), urgent=True, deadline_s=5.0)
+    timed_model.release()
+    results([*ahead, fits, *bulk])
+    order = timed_model.seen
+    assert order.index("u4") < order.index("k1")
+    assert not shed.counts
+
+
+def test_work_without_a_deadline_is_never_refused_for_time(
+    batcher_factory: Callable[..., Batcher[str, str]], timed_model: FakeModel
+) -> None:
+    shed = Shed()
+    batcher, ahead = loaded_batcher(batcher_factory, timed_model, shed)
+    bulk = batcher.submit(items("k1", "k2", "k3", "k4", "k5", tokens=100))
+    urgent = batcher.submit(items("u4", tokens=100), urgent=True)
+    timed_model.release()
+    results([*ahead, *bulk, *urgent])
+    assert not shed.counts

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import cast
 
 import grpc
 import pytest
@@ -12,11 +13,18 @@ from sentiflow.dlq import Rejection
 from sentiflow.kafka import Output, Record
 from sentiflow.loop import process_safely
 from sentiflow.v1 import classifier_pb2, events_pb2
+from services.inference.batcher import OverloadedError
 from services.inference.config import InferenceOptions
 from services.inference.grpc_api import ClassifierService
 from services.inference.kafka_path import make_handler
 from services.inference.models import ModelManager
-from tests.support.inference import AbortedError, FakeRunner, call_context, published
+from tests.support.inference import (
+    AbortedError,
+    FakeCallContext,
+    FakeRunner,
+    call_context,
+    published,
+)
 
 MAX_CHARS = 50
 R = events_pb2
@@ -77,12 +85,14 @@ class _Call:
     invocation_metadata: tuple[tuple[str, str | bytes], ...] = ()
 
 
-def _status(service: ClassifierService, method: str, request: bytes) -> grpc.StatusCode:
+def _status(
+    service: ClassifierService, method: str, request: bytes, context: FakeCallContext | None = None
+) -> grpc.StatusCode:
     handler = service.handler().service(_Call(f"/sentiflow.v1.Classifier/{method}"))
     assert handler is not None
     assert handler.unary_unary is not None
     with pytest.raises(AbortedError) as aborted:
-        handler.unary_unary(request, call_context())
+        handler.unary_unary(request, call_context(context))
     return aborted.value.code
 
 
@@ -93,3 +103,30 @@ def test_the_same_texts_are_invalid_arguments_over_grpc(manager: ModelManager, t
     batch = classifier_pb2.ClassifyBatchRequest(texts=["stocks rally", text]).SerializeToString()
     assert _status(service, "Classify", single) == grpc.StatusCode.INVALID_ARGUMENT
     assert _status(service, "ClassifyBatch", batch) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@dataclass
+class _RefusingManager:
+    """Stands in for a model manager whose batcher refuses every call for its deadline."""
+
+    deadlines: list[float | None] = field(default_factory=list)
+
+    def resolve_models(self, requested: Sequence[str]) -> list[str]:
+        return list(requested) or ["sentiment"]
+
+    def submit(self, _texts: Sequence[str], _models: Sequence[str], **kwargs: object) -> None:
+        self.deadlines.append(cast(float | None, kwargs["deadline_s"]))
+        raise OverloadedError("3.0 s of work ahead, 2.0 s left", retry_after_s=1.25)
+
+
+def test_a_call_refused_for_its_deadline_is_resource_exhausted_with_a_retry_hint() -> None:
+    manager = _RefusingManager()
+    service = ClassifierService(cast(ModelManager, manager), InferenceOptions())
+    request = classifier_pb2.ClassifyRequest(text="stocks rally").SerializeToString()
+    context = FakeCallContext(remaining=2.0)
+
+    code = _status(service, "Classify", request, context)
+
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert manager.deadlines == [2.0], "the batcher is told the call's deadline"
+    assert dict(context.trailing) == {"retry-after-ms": "1250", "grpc-retry-pushback-ms": "1250"}

@@ -26,6 +26,7 @@ from services.inference.client import ClassifierClient
 from services.inference.config import InferenceOptions, InferenceSettings
 from services.inference.main import run
 from stack import devstack
+from tests.support.signing import registry_settings, signed
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +48,11 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {v: make_checkpoint(root / v, seed=i) for i, v in enumerate(["v1", "v2", "v3"])}
 
 
-def _settings(settings: Settings, tmp_path: Path, **options: object) -> InferenceSettings:
+def _settings(
+    settings: Settings, tmp_path: Path, registry_root: Path | None = None, **options: object
+) -> InferenceSettings:
     return InferenceSettings(
+        registry=registry_settings(registry_root or tmp_path / "registry"),
         kafka=settings.kafka,
         redis=settings.redis,
         topics=settings.topics,
@@ -64,9 +68,12 @@ def _settings(settings: Settings, tmp_path: Path, **options: object) -> Inferenc
 
 
 @pytest.fixture
-def service(settings: Settings, tmp_path: Path) -> Iterator[Running]:
+def service(settings: Settings, tmp_path: Path, checkpoints: dict[str, Path]) -> Iterator[Running]:
+    root = checkpoints["v1"].parent
     running = Running(
-        _settings(settings, tmp_path, api_keys=api_keys([{"key": "k-alice", "user": "alice"}]))
+        _settings(
+            settings, tmp_path, root, api_keys=api_keys([{"key": "k-alice", "user": "alice"}])
+        )
     )
     running.thread.start()
     yield running
@@ -79,7 +86,7 @@ def _publish(settings: Settings, *versions: events_pb2.ModelVersion) -> None:
     topic = settings.topics.full(settings.topics.model_versions)
     produce_and_wait(
         make_producer(settings.kafka),
-        [Output(topic, v.SerializeToString(), key=v.model.encode()) for v in versions],
+        [Output(topic, signed(v).SerializeToString(), key=v.model.encode()) for v in versions],
     )
 
 
@@ -312,6 +319,7 @@ def test_quota_reflection_and_shadow_agreement(
         _settings(
             settings,
             tmp_path,
+            checkpoints["v1"].parent,
             api_keys=api_keys([{"key": "k-bob", "user": "bob"}, {"key": "k-ops", "user": "ops"}]),
             quota_rps=2.0,
             quota_burst=3,

@@ -28,6 +28,7 @@ from services.feedback.store import DocumentStore
 from services.feedback.votes import Rules
 from stack import devstack
 from tests.support.feedback import Aggregator, Service, publish, wait_for
+from tests.support.signing import TEST_SIGNING_KEY
 
 LABELS = ("negative", "neutral", "positive")
 READERS = ("alice", "bob", "carol", "spammer")
@@ -204,7 +205,7 @@ def console_settings(
             forward_api_key=True,
             window_s=60,
         ),
-        registry=RegistrySettings(uri=str(tmp / "registry")),
+        registry=RegistrySettings(uri=str(tmp / "registry"), signing_key=TEST_SIGNING_KEY),
     )
     return feedback, console
 

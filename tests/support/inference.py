@@ -168,14 +168,23 @@ class AbortedError(Exception):
         self.details = details
 
 
-class _Context:
+@dataclass
+class FakeCallContext:
+    """A call with a fixed time remaining (None: no deadline) that records its trailers."""
+
+    remaining: float | None = None
+    trailing: tuple[tuple[str, str | bytes], ...] = ()
+
     def time_remaining(self) -> float | None:
-        return None
+        return self.remaining
+
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
+        self.trailing = tuple(metadata)
 
     def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise AbortedError(code, details)
 
 
-def call_context() -> grpc.ServicerContext:
-    """A call with no deadline whose ``abort`` raises :class:`AbortedError`."""
-    return cast(grpc.ServicerContext, _Context())
+def call_context(fake: FakeCallContext | None = None) -> grpc.ServicerContext:
+    """A call (by default with no deadline) whose ``abort`` raises :class:`AbortedError`."""
+    return cast(grpc.ServicerContext, fake or FakeCallContext())

@@ -11,12 +11,14 @@ import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sentiflow.config import RegistrySettings, Settings
+from sentiflow.models.admission import RefusedRecordError
 from sentiflow.models.artifacts import ArtifactIntegrityError, UnsafeArtifactError
 from sentiflow.models.location import open_registry
 from sentiflow.models.objectstore import S3Location, fetch_s3_artifact, s3_client
 from sentiflow.models.publish import Publisher, to_event
 from sentiflow.models.registry import UnknownVersionError, VersionInfo
 from sentiflow.models.s3registry import S3Registry
+from sentiflow.models.signing import sign
 from sentiflow.models.tiny import LABELS, make_checkpoint
 from sentiflow.models.versions import VersionWatcher
 from sentiflow.readback import read_topic
@@ -25,6 +27,7 @@ from services.inference.config import InferenceOptions
 from services.inference.models import ModelManager
 from stack.cli import main as cli_main
 from tests.support.s3 import S3Server
+from tests.support.signing import OTHER_SIGNING_KEY, TEST_SIGNING_KEY
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +56,15 @@ def _save(registry: S3Registry, checkpoint: Path, **kwargs: object) -> VersionIn
     return registry.save("sentiment", model, tokenizer, **kwargs)  # type: ignore[arg-type]
 
 
-def _manager(s3_server: S3Server, tmp_path: Path) -> ModelManager:
+def _manager(s3_server: S3Server, bucket: str, tmp_path: Path) -> ModelManager:
     return ModelManager(
         InferenceOptions(backend="onnx", onnx_cache_dir=tmp_path / "onnx"),
-        registry=RegistrySettings(s3=s3_server.options(), cache_dir=tmp_path / "inference-cache"),
+        registry=RegistrySettings(
+            uri=f"s3://{bucket}/models",
+            s3=s3_server.options(),
+            cache_dir=tmp_path / "inference-cache",
+            signing_key=TEST_SIGNING_KEY,
+        ),
     )
 
 
@@ -81,11 +89,11 @@ def test_published_s3_version_is_fetched_verified_and_served(
     weights = client.head_object(Bucket=s3_bucket, Key="models/sentiment/v0001/model.safetensors")
     assert weights["Metadata"]["sha256"] == info.metadata["files"]["model.safetensors"]
 
-    event = Publisher(settings.kafka, settings.topics).publish(info)
+    event = Publisher(settings.kafka, settings.topics, TEST_SIGNING_KEY).publish(info)
     assert event.artifact_uri == info.uri
     assert event.sha256 == info.manifest_digest
 
-    manager = _manager(s3_server, tmp_path)
+    manager = _manager(s3_server, s3_bucket, tmp_path)
     watcher = VersionWatcher(
         settings.kafka, settings.topics.full(settings.topics.model_versions), manager.on_change
     ).start()
@@ -111,11 +119,11 @@ def test_tampered_objects_are_refused_and_the_current_model_stays(
     bad = _save(registry, other_checkpoint, parent=good.version)
     _tamper(s3_server, s3_bucket, bad, "model.safetensors")
 
-    manager = _manager(s3_server, tmp_path)
+    manager = _manager(s3_server, s3_bucket, tmp_path)
     try:
-        manager.install(to_event(good), "production")
+        manager.install(to_event(good, signing_key=TEST_SIGNING_KEY), "production")
         with pytest.raises(ArtifactIntegrityError, match=r"model\.safetensors"):
-            manager.install(to_event(bad), "production")
+            manager.install(to_event(bad, signing_key=TEST_SIGNING_KEY), "production")
         assert manager.serving()["sentiment"].version == good.version
         with pytest.raises(ArtifactIntegrityError):
             registry.verify("sentiment", bad.version)
@@ -138,6 +146,55 @@ def test_tampered_objects_are_refused_and_the_current_model_stays(
     location = S3Location(s3_bucket, f"models/sentiment/{good.version}")
     with pytest.raises(ArtifactIntegrityError, match="does not match digest"):
         fetch_s3_artifact(client, location, good.manifest_digest, tmp_path / "fresh-cache")
+
+
+def test_records_outside_the_registry_prefix_or_forged_are_refused(
+    s3_server: S3Server, s3_bucket: str, tmp_path: Path, checkpoint: Path
+) -> None:
+    registry = _registry(s3_server, s3_bucket, tmp_path)
+    good = _save(registry, checkpoint, stage="production")
+    manager = _manager(s3_server, s3_bucket, tmp_path)
+    try:
+        manager.install(to_event(good, signing_key=TEST_SIGNING_KEY), "production")
+        for uri in (
+            f"s3://{s3_bucket}/elsewhere/sentiment/{good.version}",
+            f"s3://{s3_bucket}/models/../elsewhere/{good.version}",
+            f"s3://other-{s3_bucket}/models/sentiment/{good.version}",
+        ):
+            event = to_event(good)
+            event.version = "v-escape"
+            event.artifact_uri = uri
+            sign(event, TEST_SIGNING_KEY)
+            with pytest.raises(RefusedRecordError, match=r"registry|segments"):
+                manager.install(event, "production")
+        with pytest.raises(RefusedRecordError, match="signature"):
+            manager.install(to_event(good, signing_key=OTHER_SIGNING_KEY), "production")
+        assert manager.serving()["sentiment"].version == good.version
+    finally:
+        manager.close()
+
+
+def test_an_s3_artifact_over_the_size_bound_is_refused_before_download(
+    s3_server: S3Server, s3_bucket: str, tmp_path: Path, checkpoint: Path
+) -> None:
+    registry = _registry(s3_server, s3_bucket, tmp_path)
+    info = _save(registry, checkpoint, stage="production")
+    manager = ModelManager(
+        InferenceOptions(backend="onnx", onnx_cache_dir=tmp_path / "onnx"),
+        registry=RegistrySettings(
+            uri=f"s3://{s3_bucket}/models",
+            s3=s3_server.options(),
+            cache_dir=tmp_path / "inference-cache",
+            signing_key=TEST_SIGNING_KEY,
+            max_artifact_bytes=1024,
+        ),
+    )
+    try:
+        with pytest.raises(RefusedRecordError, match="over 1024 bytes"):
+            manager.install(to_event(info, signing_key=TEST_SIGNING_KEY), "production")
+        assert not (tmp_path / "inference-cache").exists()
+    finally:
+        manager.close()
 
 
 def test_pickle_and_escaping_names_are_refused_before_download(
@@ -184,6 +241,7 @@ def test_models_commands_against_the_s3_registry(
         "SENTIFLOW_REGISTRY__CACHE_DIR": str(tmp_path / "cli-cache"),
         "SENTIFLOW_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "SENTIFLOW_TOPICS__PREFIX": settings.topics.prefix,
+        "SENTIFLOW_REGISTRY__SIGNING_KEY": TEST_SIGNING_KEY.get_secret_value(),
     }.items():
         monkeypatch.setenv(name, value)
 

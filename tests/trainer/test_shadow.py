@@ -31,6 +31,7 @@ from services.trainer.shadow import (
     decide,
 )
 from stack import devstack
+from tests.support.signing import TEST_SIGNING_KEY
 
 PRODUCTION = events_pb2.MODEL_STAGE_PRODUCTION
 SHADOW = events_pb2.MODEL_STAGE_SHADOW
@@ -135,7 +136,7 @@ def test_a_clearly_worse_shadow_is_rejected_once(settings: Settings, tmp_path: P
         settings.topics,
         options,
         registry,
-        Publisher(settings.kafka, settings.topics),
+        Publisher(settings.kafka, settings.topics, TEST_SIGNING_KEY),
     )
     for i in range(10):
         service.judge.observe_prediction(
@@ -159,7 +160,7 @@ def test_a_clearly_worse_shadow_is_rejected_once(settings: Settings, tmp_path: P
         settings.topics,
         options,
         registry,
-        Publisher(settings.kafka, settings.topics),
+        Publisher(settings.kafka, settings.topics, TEST_SIGNING_KEY),
     )
     again.judge.observe_prediction(_prediction("d0", "positive", "negative", version="v0002"))
     again.judge.config = JudgeConfig(min_scored=1, min_labelled=1)
@@ -178,7 +179,7 @@ def test_shadow_is_promoted_end_to_end(settings: Settings, tmp_path: Path) -> No
         TrainerSettings(
             kafka=settings.kafka,
             topics=settings.topics,
-            registry=RegistrySettings(uri=str(tmp_path / "registry")),
+            registry=RegistrySettings(uri=str(tmp_path / "registry"), signing_key=TEST_SIGNING_KEY),
             trainer=TrainerOptions(
                 check_interval_s=0.2,
                 rounds=RoundConfig(promote_to="shadow"),
@@ -187,7 +188,7 @@ def test_shadow_is_promoted_end_to_end(settings: Settings, tmp_path: Path) -> No
             ),
         ),
         registry,
-        Publisher(settings.kafka, settings.topics),
+        Publisher(settings.kafka, settings.topics, TEST_SIGNING_KEY),
         (["stocks rally"], ["positive"]),
         (["stocks slump"], ["negative"]),
     )
@@ -201,7 +202,11 @@ def test_shadow_is_promoted_end_to_end(settings: Settings, tmp_path: Path) -> No
             backend="onnx",
             onnx_cache_dir=tmp_path / "onnx",
         ),
-        registry=RegistrySettings(cache_dir=tmp_path / "cache"),
+        registry=RegistrySettings(
+            uri=str(tmp_path / "registry"),
+            cache_dir=tmp_path / "cache",
+            signing_key=TEST_SIGNING_KEY,
+        ),
     )
     topics = settings.topics
     raw, scored_topic = topics.full(topics.docs_raw), topics.full(topics.docs_scored)

@@ -31,6 +31,7 @@ from services.trainer.gate import GateConfig
 from services.trainer.recipe import RoundConfig, RoundTrainConfig
 from services.trainer.service import Trainer
 from tests.support.paths import REPO_ROOT
+from tests.support.signing import TEST_SIGNING_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +102,7 @@ def test_rounds_promote_better_models_reject_worse_ones_and_rollback_works(
     trainer_settings = TrainerSettings(
         kafka=settings.kafka,
         topics=settings.topics,
-        registry=RegistrySettings(uri=str(tmp_path / "registry")),
+        registry=RegistrySettings(uri=str(tmp_path / "registry"), signing_key=TEST_SIGNING_KEY),
         trainer=TrainerOptions(
             check_interval_s=0.2,
             rounds=RoundConfig(
@@ -120,7 +121,7 @@ def test_rounds_promote_better_models_reject_worse_ones_and_rollback_works(
     trainer = Trainer(
         trainer_settings,
         registry,
-        Publisher(settings.kafka, settings.topics),
+        Publisher(settings.kafka, settings.topics, TEST_SIGNING_KEY),
         _split(_task(200, seed=1)),
         _split(_task(150, seed=2)),
     )
@@ -196,13 +197,13 @@ def _trainer(
     trainer_settings = TrainerSettings(
         kafka=settings.kafka,
         topics=settings.topics,
-        registry=RegistrySettings(uri=str(tmp_path / "registry")),
+        registry=RegistrySettings(uri=str(tmp_path / "registry"), signing_key=TEST_SIGNING_KEY),
         trainer=TrainerOptions(check_interval_s=0.2, rounds=rounds),
     )
     return Trainer(
         trainer_settings,
         registry,
-        Publisher(settings.kafka, settings.topics),
+        Publisher(settings.kafka, settings.topics, TEST_SIGNING_KEY),
         _split(_task(200, seed=1)),
         _split(_task(150, seed=2)),
         clock=clock,
