@@ -17,6 +17,7 @@ from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.readback import read_topic
 from sentiflow.topics import admin_client, create_topics, topic_specs
 from sentiflow.v1 import events_pb2
+from services.alerting.app import DELIVERED_TABLE
 from services.alerting.config import WebhookTarget
 from services.alerting.webhooks import EVENT_HEADER, ID_HEADER, delivery_id
 from stack import devstack
@@ -236,6 +237,11 @@ def test_a_restart_replays_without_a_second_alert(stack: devstack.DevStack, tmp_
             first.wait_for(
                 lambda m: total(m, "sentiflow_alerting_webhooks_total", outcome="delivered") >= 1
             )
+            # The delivery is recorded in a table after it is counted; killed before
+            # the record reaches its changelog, a worker rightly delivers again (at
+            # least once, the same webhook-id). Here the record must survive the kill.
+            changelog = f"{names.prefix}g.{options.group}-{DELIVERED_TABLE}-changelog"
+            assert len(read_topic(kafka, changelog, expect=1, timeout_s=60)) >= 1
         finally:
             first.stop(signal.SIGKILL)
         _produce(kafka, scored, _scenario_outputs(scored, docs[cut:]))
