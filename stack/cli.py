@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import json
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from sentiflow.config import Settings, explicitly_set
 from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.logs import setup_logging
+from stack.servicehelp import SentiflowParser, add_config_argument, apply_config, describe_service
+
+if TYPE_CHECKING:
+    from stack.dlqtools import Selection
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -140,6 +149,156 @@ def _topics_wait(args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
+def _tool(func: Command) -> Command:
+    """Turn what an operator can cause (a missing topic, a broker that is not there,
+    a pipe closed by ``head``, Ctrl-C) into a message and an exit status, not a
+    traceback."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        from confluent_kafka import KafkaException
+
+        from stack.topictools import ToolError
+
+        try:
+            return func(args)
+        except ToolError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except KafkaException as exc:
+            servers = Settings().kafka.bootstrap_servers
+            print(f"error: Kafka at {servers}: {exc.args[0]}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        except BrokenPipeError:
+            # The reader went away (``| head``): nothing more to say, and nothing to
+            # say it to; stdout is pointed at /dev/null so the exit flush cannot fail.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
+
+    return run
+
+
+@_tool
+def _topics_tail(args: argparse.Namespace) -> int:
+    from stack import topictools
+
+    settings = Settings()
+    topic = topictools.resolve_topic(settings.topics, args.topic)
+    value_type = (
+        topictools.message_type(args.type)
+        if args.type
+        else topictools.topic_types(settings.topics).get(topic)
+    )
+    filters = [topictools.RecordFilter.parse(expression) for expression in args.filter]
+    where = "the beginning" if args.from_beginning else "the end"
+    what = value_type.DESCRIPTOR.full_name if value_type else "undecoded values"
+
+    def ready() -> None:
+        print(f"reading {topic} ({what}) from {where}", file=sys.stderr, flush=True)
+
+    topictools.tail(
+        settings.kafka,
+        topic,
+        value_type,
+        sys.stdout,
+        from_beginning=args.from_beginning,
+        max_records=args.max,
+        filters=filters,
+        idle_s=args.timeout,
+        on_ready=ready,
+    )
+    return 0
+
+
+@_tool
+def _topics_lag(args: argparse.Namespace) -> int:
+    from stack import topictools
+
+    settings = Settings()
+    topic = topictools.resolve_topic(settings.topics, args.topic) if args.topic else None
+    rows = topictools.consumer_lag(
+        settings.kafka, [args.group] if args.group else None, topic=topic
+    )
+    if args.json:
+        print(topictools.lag_json(rows))
+    elif rows:
+        print(topictools.lag_table(rows))
+    else:
+        print(f"no committed offsets{f' for group {args.group}' if args.group else ''}")
+    return 0
+
+
+def _dlq_selection(args: argparse.Namespace, settings: Settings) -> Selection:
+    from stack import dlqtools, topictools
+
+    known = dlqtools.reason_names()
+    reasons = [r.lower().removeprefix("reject_reason_") for r in args.reason]
+    unknown = sorted(set(reasons) - set(known))
+    if unknown:
+        raise topictools.ToolError(
+            f"unknown --reason {', '.join(unknown)} (known: {', '.join(known)})"
+        )
+    return dlqtools.Selection(
+        reasons=frozenset(reasons),
+        offsets=frozenset(args.offset),
+        topics=frozenset(topictools.resolve_topic(settings.topics, t) for t in args.topic),
+    )
+
+
+@_tool
+def _dlq_list(args: argparse.Namespace) -> int:
+    from stack import dlqtools
+
+    settings = Settings()
+    selection = _dlq_selection(args, settings)
+    dlq_topic = settings.topics.full(settings.topics.docs_dlq)
+    found = dlqtools.read_dead_letters(settings.kafka, dlq_topic, selection, max_letters=args.max)
+    if args.json:
+        for letter in found.letters:
+            print(json.dumps(letter.summary(), ensure_ascii=False))
+    elif found.letters:
+        print(dlqtools.letters_table(found.letters))
+    else:
+        print(f"no dead letters on {dlq_topic}{'' if selection.everything else ' selected'}")
+    if found.undecodable:
+        print(
+            f"warning: {len(found.undecodable)} record(s) on {dlq_topic} are not Rejected "
+            f"messages (partition@offset: {found.undecodable[:10]})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+@_tool
+def _dlq_redrive(args: argparse.Namespace) -> int:
+    from stack import dlqtools
+
+    settings = Settings()
+    selection = _dlq_selection(args, settings)
+    if selection.everything and not args.all:
+        print(
+            "error: say which dead letters to send back: --reason, --offset, --topic, "
+            "or --all for every one",
+            file=sys.stderr,
+        )
+        return 2
+    dlq_topic = settings.topics.full(settings.topics.docs_dlq)
+    found = dlqtools.read_dead_letters(settings.kafka, dlq_topic, selection, max_letters=args.max)
+    if not found.letters:
+        print(f"no dead letters on {dlq_topic} selected")
+        return 0
+    outcome = dlqtools.redrive(settings.kafka, found.letters, dlq_topic, dry_run=args.dry_run)
+    for item in outcome:
+        print(item.describe(dlq_topic, args.dry_run))
+    sent = sum(1 for item in outcome if item.skipped is None)
+    verb = "would send" if args.dry_run else "sent"
+    print(f"{verb} {sent} of {len(outcome)} selected dead letter(s); {len(outcome) - sent} skipped")
+    return 0
+
+
 def _inference(_args: argparse.Namespace) -> int:
     from services.inference.main import main as inference_main
 
@@ -182,12 +341,134 @@ def _ingest(args: argparse.Namespace) -> int:
     return ingest_main(args)
 
 
+def _version() -> str:
+    try:
+        return version("sentiflow")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _add_topic_tools(topics_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tail = topics_sub.add_parser(
+        "tail",
+        help="print a topic's records as JSON lines, decoded from protobuf",
+        description="Print the records of TOPIC as JSON lines: partition, offset, timestamp, "
+        "key, headers and the value decoded from the topic's protobuf message type (a value "
+        "that does not decode is shown in base64 with the reason). Starts at the end and "
+        "follows, until Ctrl-C, --max or --timeout.",
+    )
+    tail.add_argument(
+        "topic", metavar="TOPIC", help="e.g. docs.scored (the prefix may be left off)"
+    )
+    tail.add_argument(
+        "--from-beginning", action="store_true", help="start at each partition's first record"
+    )
+    tail.add_argument("--max", type=int, default=None, metavar="N", help="stop after N records")
+    tail.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="FIELD=VALUE on the decoded value or the record, dotted into nested fields and "
+        "matching any list element (document.entities.id=TSLA, key=AAPL, partition=2); "
+        "anything else: a substring of the JSON line. Repeat to require all",
+    )
+    tail.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop once no record arrived for S seconds (default: follow)",
+    )
+    tail.add_argument(
+        "--type",
+        default=None,
+        metavar="MESSAGE",
+        help="decode as this sentiflow.v1 message (default: the topic's own)",
+    )
+    add_config_argument(tail)
+    tail.set_defaults(func=_topics_tail)
+
+    lag = topics_sub.add_parser(
+        "lag",
+        help="committed offset, end offset and lag per consumer group and partition",
+        description="For every consumer group (or --group), every partition it committed "
+        "an offset on: the committed offset, the partition's end offset and the lag.",
+    )
+    lag.add_argument("--group", default=None, help="one group (e.g. sentiflow.inference)")
+    lag.add_argument("--topic", default=None, help="only this topic's partitions")
+    lag.add_argument("--json", action="store_true", help="a JSON list instead of a table")
+    add_config_argument(lag)
+    lag.set_defaults(func=_topics_lag)
+
+
+def _add_dlq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dlq = sub.add_parser("dlq", help="list dead letters, send them back to their topic")
+    dlq_sub = dlq.add_subparsers(dest="action", required=True)
+
+    def selection(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--reason",
+            action="append",
+            default=[],
+            help="only this reason (invalid_json, proto_decode, …; repeatable)",
+        )
+        parser.add_argument(
+            "--offset",
+            action="append",
+            type=int,
+            default=[],
+            help="only the dead letter at this offset of docs.dlq (repeatable)",
+        )
+        parser.add_argument(
+            "--topic",
+            action="append",
+            default=[],
+            help="only letters of records read from this topic (repeatable)",
+        )
+        parser.add_argument("--max", type=int, default=None, metavar="N", help="at most N letters")
+        add_config_argument(parser)
+
+    listing = dlq_sub.add_parser(
+        "list",
+        help="the dead letters on docs.dlq: reason, where from, detail, size",
+        description="Every dead letter on docs.dlq, oldest first: its offset, when and why "
+        "it was rejected, by which service, where the record came from "
+        "(topic[partition]@offset, or the ingest channel), the size of the kept bytes "
+        "(+: truncated) and the detail. 'sentiflow topics tail docs.dlq --from-beginning' "
+        "shows the bytes themselves.",
+    )
+    selection(listing)
+    listing.add_argument("--json", action="store_true", help="one JSON object per letter")
+    listing.set_defaults(func=_dlq_list)
+
+    redrive = dlq_sub.add_parser(
+        "redrive",
+        help="send chosen dead letters back to the topic they were read from",
+        description="Produce the original bytes and key of the selected dead letters to the "
+        "topic and partition they were read from, once each, and print where each landed. "
+        "Letters from ingest channels, tombstones and letters whose bytes or key were "
+        "truncated are skipped, saying why.",
+    )
+    selection(redrive)
+    redrive.add_argument(
+        "--all", action="store_true", help="every letter (needed when nothing else selects)"
+    )
+    redrive.add_argument("--dry-run", action="store_true", help="print what would be sent")
+    redrive.set_defaults(func=_dlq_redrive)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = SentiflowParser(
         prog="sentiflow",
         description="Real-time text classification on Kafka with a closed learning loop.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # Subparsers are SentiflowParsers too; typed as plain ones for the modules that add some.
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", required=True),
+    )
 
     dev = sub.add_parser("dev", help="the embedded broker and Redis for one machine")
     dev_sub = dev.add_subparsers(dest="action", required=True)
@@ -202,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--state-dir", default=None)
     down.set_defaults(func=_dev_down)
 
-    topics = sub.add_parser("topics", help="create or list the topics")
+    topics = sub.add_parser("topics", help="create, list, tail the topics; consumer lag")
     topics_sub = topics.add_subparsers(dest="action", required=True)
     topics_sub.add_parser("create", help="create missing topics (idempotent)").set_defaults(
         func=_topics_create
@@ -212,37 +493,52 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=float, default=300.0, help="seconds; then exit 1")
     wait.add_argument("--interval", type=float, default=2.0, help="seconds between checks")
     wait.set_defaults(func=_topics_wait)
+    _add_topic_tools(topics_sub)
+    _add_dlq(sub)
 
     from services.trainer import commands as trainer_commands
 
     trainer_commands.register(sub)
-    sub.add_parser(
-        "inference",
-        help="classify docs.raw into docs.scored and serve gRPC (SENTIFLOW_INFERENCE__*)",
-    ).set_defaults(func=_inference)
-    sub.add_parser(
-        "alerting",
-        help="negative-sentiment spikes from docs.scored to alerts.sentiment and webhooks "
-        "(SENTIFLOW_ALERTING__*)",
-    ).set_defaults(func=_alerting)
-    sub.add_parser(
-        "feedback",
-        help="the feedback gRPC API and document store (SENTIFLOW_FEEDBACK__*)",
-    ).set_defaults(func=_feedback)
-    sub.add_parser(
-        "feedback-aggregator",
-        help="settle feedback.events into training.examples (Faust worker; SENTIFLOW_FEEDBACK__*)",
-    ).set_defaults(func=_feedback_aggregator)
+    describe_service(sub.choices["trainer"], "trainer")
+    for name, func, summary in (
+        (
+            "inference",
+            _inference,
+            "classify docs.raw into docs.scored and serve gRPC (SENTIFLOW_INFERENCE__*)",
+        ),
+        (
+            "alerting",
+            _alerting,
+            "negative-sentiment spikes from docs.scored to alerts.sentiment and webhooks "
+            "(SENTIFLOW_ALERTING__*)",
+        ),
+        (
+            "feedback",
+            _feedback,
+            "the feedback gRPC API and document store (SENTIFLOW_FEEDBACK__*)",
+        ),
+        (
+            "feedback-aggregator",
+            _feedback_aggregator,
+            "settle feedback.events into training.examples (Faust worker; SENTIFLOW_FEEDBACK__*)",
+        ),
+        (
+            "console",
+            _console,
+            "web console: stream, entities, alerts, models, corrections (SENTIFLOW_CONSOLE__*)",
+        ),
+    ):
+        service = sub.add_parser(name, help=summary)
+        describe_service(service, name)
+        service.set_defaults(func=func)
 
-    sub.add_parser(
-        "console",
-        help="web console: stream, entities, alerts, models, corrections (SENTIFLOW_CONSOLE__*)",
-    ).set_defaults(func=_console)
     from services.ingest.cli import add_arguments as add_ingest_arguments
 
     ingest = sub.add_parser(
         "ingest", help="channels (files, HTTP, RSS, stdin) into docs.raw (SENTIFLOW_INGEST__*)"
     )
+    # The connectors take --config themselves, after the connector's name.
+    describe_service(ingest, "ingest", config=False)
     add_ingest_arguments(ingest)
     ingest.set_defaults(func=_ingest)
 
@@ -258,6 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    error = apply_config(args)
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     settings = Settings()
     setup_logging("cli", settings.log_level, "console")
     func: Command = args.func

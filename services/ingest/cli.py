@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,29 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--entities-file", type=Path, help="JSON list of {id, names, aliases, case_sensitive}"
     )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="TOML settings file (the same as SENTIFLOW_CONFIG_FILE=FILE); "
+        "environment variables and these options override it",
+    )
+
+
+class _FeedURLs(argparse.Action):
+    """Feed URLs given as arguments join those given with ``--feed``, in the order
+    written, so ``rss URL`` and ``rss --feed URL`` mean the same."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        given = [values] if isinstance(values, str) else list(values or [])
+        namespace.feed = [*(getattr(namespace, "feed", None) or []), *given]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +89,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(http)
 
     rss = sub.add_parser("rss", help="poll RSS/Atom feeds with conditional requests")
-    rss.add_argument("--feed", action="append", default=[], help="feed URL (repeatable)")
+    rss.add_argument(
+        "urls",
+        nargs="*",
+        metavar="URL",
+        action=_FeedURLs,
+        default=argparse.SUPPRESS,
+        help="feed URLs (default: the feeds in the settings, SENTIFLOW_INGEST__FEEDS)",
+    )
+    rss.add_argument(
+        "--feed", metavar="URL", action="append", default=[], help="a feed URL (repeatable)"
+    )
     rss.add_argument("--interval", type=float, help="seconds between polls of each feed")
     _common(rss)
 
