@@ -3,11 +3,16 @@
     python -m bench.bench_inference [--checkpoint DIR] [--threads N]
 
 In one run, on the seed validation split:
-1. baseline: ``transformers.pipeline("text-classification", batch_size=32)``, torch fp32;
-2. raw: the service's runner behind its batcher, no Kafka;
-3. kafka: the inference service as its own process, docs.raw → docs.scored over the
+1. baselines: ``transformers.pipeline("text-classification")``, torch fp32, at batch
+   size 1 and 32;
+2. engine selection from a cold cache (a private copy of the checkpoint): every
+   candidate's docs/s and figures, the choice, and what it added to the load;
+3. batch invariance of the served engine, and of int8 with dynamic scales beside it as
+   the baseline: every text alone vs inside shuffled batches of 16 and of 64;
+4. raw: the served runner behind its batcher, no Kafka;
+5. kafka: the inference service as its own process, docs.raw → docs.scored over the
    embedded broker, timed from the first document produced to the last prediction read;
-4. grpc: unary Classify latency at a fixed offered load from concurrent clients.
+6. grpc: unary Classify latency at 50 and 200 requests/s offered from concurrent clients.
 Prints a table and writes bench/results/inference.json.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +30,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import grpc
 from confluent_kafka import Consumer
 
 from bench.loadgen import run_fixed_rate
@@ -32,11 +39,12 @@ from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.kafka import Output, consumer_config, make_producer, produce
 from sentiflow.models.registry import Registry
 from sentiflow.topics import ensure_topics, topic_specs
-from sentiflow.v1 import events_pb2
+from sentiflow.v1 import classifier_pb2, classifier_pb2_grpc, events_pb2
+from services.inference.backends import OnnxRunner, TextRunner
 from services.inference.batcher import Batcher
 from services.inference.client import ClassifierClient
 from services.inference.config import InferenceOptions
-from services.inference.loading import default_runner_factory
+from services.inference.engines import Loaded, describe, load_engine, mixed_batches
 from services.inference.models import queue_items
 from services.trainer.data import load_seed_split
 from stack import devstack
@@ -57,23 +65,53 @@ def accuracy(predicted: list[str], gold: list[str]) -> float:
     return sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)
 
 
-def bench_pipeline(checkpoint: Path, texts: list[str]) -> tuple[float, list[str]]:
+def bench_pipeline(checkpoint: Path, texts: list[str], batch_size: int) -> tuple[float, list[str]]:
     from transformers import pipeline
 
     import sentiflow.models.modeling  # noqa: F401  (registers sentiflow's model type)
 
     classify = pipeline("text-classification", model=str(checkpoint), device="cpu")
-    classify(texts[:32], batch_size=32, truncation=True)  # warm-up
+    classify(texts[:32], batch_size=batch_size, truncation=True)  # warm-up
     started = time.perf_counter()
-    out = classify(texts, batch_size=32, truncation=True)
+    out = classify(texts, batch_size=batch_size, truncation=True)
     return len(texts) / (time.perf_counter() - started), [o["label"] for o in out]
 
 
+def bench_selection(
+    checkpoint: Path, options: InferenceOptions, scratch: Path
+) -> tuple[Loaded, float, float]:
+    """Engine choice from nothing cached (a copy of the checkpoint, an empty cache),
+    then a second load that finds the choice; (the served engine, cold s, cached s)."""
+    copy = scratch / "checkpoint" / checkpoint.name
+    shutil.copytree(checkpoint, copy)
+    cold_options = options.model_copy(update={"onnx_cache_dir": scratch / "onnx"})
+    started = time.perf_counter()
+    loaded = load_engine(copy, "bench", cold_options)
+    cold_s = time.perf_counter() - started
+    started = time.perf_counter()
+    load_engine(copy, "bench", cold_options)
+    cached_s = time.perf_counter() - started
+    return loaded, cold_s, cached_s
+
+
+def batch_invariance(runner: TextRunner, texts: list[str]) -> dict[str, float]:
+    """Every text alone vs inside shuffled batches of 16 and of 64."""
+    encoded = runner.encode(texts)
+    alone = [runner([e])[0] for e in encoded]
+    delta, flipped = 0.0, set()
+    for size in (16, 64):
+        for group in mixed_batches(len(encoded), size, seed=size):
+            for i, p in zip(group, runner([encoded[i] for i in group]), strict=True):
+                delta = max(delta, max(abs(p.scores[k] - alone[i].scores[k]) for k in p.scores))
+                if p.label != alone[i].label:
+                    flipped.add(i)
+    return {"batch_label_flips": len(flipped), "batch_max_score_delta": float(f"{delta:.3g}")}
+
+
 def bench_raw(
-    checkpoint: Path, texts: list[str], options: InferenceOptions
+    runner: TextRunner, texts: list[str], options: InferenceOptions
 ) -> tuple[float, list[str]]:
     """The service's engine without Kafka: tokenizing, the batcher, the runner."""
-    runner = default_runner_factory(options)(checkpoint, "bench")
     runner(runner.encode(texts[:64]))
     with Batcher(
         runner,
@@ -118,10 +156,10 @@ def start_service(
         "SENTIFLOW_LOG_LEVEL": "WARNING",
         "SENTIFLOW_INFERENCE__GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
         "SENTIFLOW_INFERENCE__MODEL_PATHS": json.dumps({"sentiment": str(checkpoint)}),
-        "SENTIFLOW_INFERENCE__NUM_THREADS": str(options.num_threads),
-        "SENTIFLOW_INFERENCE__BACKEND": options.backend,
-        "SENTIFLOW_INFERENCE__QUANTIZE": str(options.quantize).lower(),
+        "SENTIFLOW_INFERENCE__ENGINE": options.engine,
     }
+    if options.num_threads is not None:
+        env["SENTIFLOW_INFERENCE__NUM_THREADS"] = str(options.num_threads)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "stack.cli", "inference"],
@@ -175,6 +213,16 @@ def bench_kafka(
     return len(texts) / elapsed, labels
 
 
+def service_engine(address: str) -> classifier_pb2.EngineReport:
+    """The engine the service chose for itself, as GetModel reports it."""
+    with grpc.insecure_channel(address) as channel:
+        response = classifier_pb2_grpc.ClassifierStub(channel).GetModel(
+            classifier_pb2.GetModelRequest(), timeout=10
+        )
+    (report,) = response.engines
+    return report
+
+
 def bench_grpc(
     address: str, texts: list[str], rps: float, duration_s: float, clients: int
 ) -> dict[str, float]:
@@ -183,13 +231,12 @@ def bench_grpc(
         result = run_fixed_rate(
             lambda i: client.classify(texts[i % len(texts)]), rps, duration_s, clients
         )
+    at = f"grpc_{rps:g}rps"
     return {
-        "grpc_offered_rps": rps,
-        "grpc_achieved_rps": round(result.achieved_rps, 2),
-        "grpc_p50_ms": round(percentile(result.latencies_s, 50) * 1000, 2),
-        "grpc_p99_ms": round(percentile(result.latencies_s, 99) * 1000, 2),
-        "grpc_failed": result.failed,
-        "grpc_concurrency": clients,
+        f"{at}_achieved_rps": round(result.achieved_rps, 2),
+        f"{at}_p50_ms": round(percentile(result.latencies_s, 50) * 1000, 2),
+        f"{at}_p99_ms": round(percentile(result.latencies_s, 99) * 1000, 2),
+        f"{at}_failed": result.failed,
     }
 
 
@@ -202,7 +249,9 @@ def main() -> int:
         help="model directory (default: the registry's production sentiment)",
     )
     parser.add_argument("--registry", type=Path, default=REPO / "var" / "registry")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: the service's)"
+    )
     parser.add_argument(
         "--kafka-repeat",
         type=int,
@@ -210,18 +259,35 @@ def main() -> int:
         help="pass the split this many times through Kafka (distinct ids)",
     )
     parser.add_argument("--grpc-seconds", type=float, default=20.0)
+    parser.add_argument("--grpc-clients", type=int, default=16)
+    parser.add_argument("--bs1-texts", type=int, default=400, help="texts for the bs1 baseline")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N texts")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     checkpoint = args.checkpoint or production_checkpoint(args.registry)
     texts, gold = load_seed_split("valid")
     if args.limit:
         texts, gold = texts[: args.limit], gold[: args.limit]
-    options = InferenceOptions(backend="onnx", quantize=True, num_threads=args.threads)
+    options = InferenceOptions(num_threads=args.threads)
 
-    pipeline_rate, pipeline_labels = bench_pipeline(checkpoint, texts)
-    raw_rate, raw_labels = bench_raw(checkpoint, texts, options)
+    pipeline_rate, pipeline_labels = bench_pipeline(checkpoint, texts, batch_size=32)
+    pipeline_bs1_rate, _ = bench_pipeline(checkpoint, texts[: args.bs1_texts], batch_size=1)
 
+    with tempfile.TemporaryDirectory() as scratch:
+        served, cold_s, cached_s = bench_selection(checkpoint, options, Path(scratch))
+    choice = served.choice
+    print(describe(choice))
+    invariance = batch_invariance(served.runner, texts)
+    dynamic = OnnxRunner(
+        checkpoint, graph="int8-dynamic", num_threads=choice.threads, max_length=options.max_length
+    )
+    dynamic_invariance = batch_invariance(dynamic, texts)
+    del dynamic
+    raw_rate, raw_labels = bench_raw(served.runner, texts, options)
+    del served
+
+    grpc: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         stack = devstack.start(
             host="127.0.0.1",
@@ -233,36 +299,72 @@ def main() -> int:
             kafka = KafkaSettings(bootstrap_servers=stack.bootstrap_servers)
             names = TopicNames(prefix=f"bench{uuid.uuid4().hex[:6]}.")
             ensure_topics(kafka, topic_specs(names))
+            started = time.perf_counter()
             proc, address, _ = start_service(
                 stack, names, checkpoint, options, Path(tmp) / "inference.log"
             )
+            service_ready_s = time.perf_counter() - started
             try:
+                service = service_engine(address)
                 kafka_texts = texts * args.kafka_repeat
-                kafka_rate, served = bench_kafka(kafka, names, kafka_texts)
-                grpc = bench_grpc(address, texts, rps=50, duration_s=args.grpc_seconds, clients=16)
+                kafka_rate, scored = bench_kafka(kafka, names, kafka_texts)
+                for rps in (50, 200):
+                    grpc |= bench_grpc(address, texts, rps, args.grpc_seconds, args.grpc_clients)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
         finally:
             stack.stop()
 
-    served_labels = [served[f"b{i}"] for i in range(len(texts))]
+    served_labels = [scored[f"b{i}"] for i in range(len(texts))]
     results: dict[str, object] = {
-        "device": "cpu",
+        "device": choice.device,
         "model": str(checkpoint),
-        "backend": "onnxruntime int8 dynamic (per-channel weights)",
-        "threads": args.threads,
         "n_texts": len(texts),
-        "pipeline_docs_per_s": round(pipeline_rate, 1),
+        "engine": choice.engine,
+        "engine_threads": choice.threads,
+        "engines_timed": {
+            t.engine: {
+                "docs_per_s": t.docs_per_s,
+                "docs_per_s_bs1": t.docs_per_s_bs1,
+                "max_score_delta": (
+                    None if t.max_score_delta is None else float(f"{t.max_score_delta:.3g}")
+                ),
+                "label_flips": t.label_flips,
+                "agreement": round(t.agreement, 4),
+                "invariance_checked": t.checked,
+                "eligible": t.eligible(choice.rules),
+                **({"error": t.error} if t.error else {}),
+            }
+            for t in choice.trials
+        },
+        "engine_selection_s": choice.selection_s,
+        "engine_cold_load_s": round(cold_s, 2),
+        "engine_cached_load_s": round(cached_s, 2),
+        "engine_calibration_texts": choice.n_texts,
+        **invariance,
+        "int8_dynamic_batch_label_flips": dynamic_invariance["batch_label_flips"],
+        "int8_dynamic_batch_max_score_delta": dynamic_invariance["batch_max_score_delta"],
+        "pipeline_bs32_docs_per_s": round(pipeline_rate, 1),
+        "pipeline_bs1_docs_per_s": round(pipeline_bs1_rate, 1),
+        "pipeline_bs1_n_texts": min(len(texts), args.bs1_texts),
         "raw_docs_per_s": round(raw_rate, 1),
         "kafka_docs_per_s": round(kafka_rate, 1),
         "kafka_n_docs": len(kafka_texts),
         "kafka_vs_pipeline": round(kafka_rate / pipeline_rate, 2),
+        "kafka_vs_pipeline_bs1": round(kafka_rate / pipeline_bs1_rate, 2),
         "raw_vs_pipeline": round(raw_rate / pipeline_rate, 2),
+        "service_ready_s": round(service_ready_s, 1),
+        "service_engine": service.engine,
+        "service_engine_source": service.source,
+        "service_engine_threads": service.threads,
+        "grpc_concurrency": args.grpc_clients,
         **grpc,
         "accuracy_torch_fp32": round(accuracy(pipeline_labels, gold), 4),
         "accuracy_raw": round(accuracy(raw_labels, gold), 4),
         "accuracy_served": round(accuracy(served_labels, gold), 4),
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
     }
     print(table([(k, v) for k, v in results.items()], "inference benchmark"))
     print(f"wrote {write('inference', results)}")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from sentiflow.v1 import events_pb2 as sentiflow_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsentiflow/v1/classifier.proto\x12\x0csentiflow.v1\x1a\x19sentiflow/v1/events.proto\"C\n\x0f\x43lassifyRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"Z\n\x10\x43lassifyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x0bpredictions\x18\x02 \x03(\x0b\x32\x1d.sentiflow.v1.ModelPrediction\"5\n\x14\x43lassifyBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\"H\n\x15\x43lassifyBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.sentiflow.v1.ClassifyResponse\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"@\n\x10GetModelResponse\x12,\n\x08versions\x18\x01 \x03(\x0b\x32\x1a.sentiflow.v1.ModelVersion2\xd1\x02\n\nClassifier\x12I\n\x08\x43lassify\x12\x1d.sentiflow.v1.ClassifyRequest\x1a\x1e.sentiflow.v1.ClassifyResponse\x12X\n\rClassifyBatch\x12\".sentiflow.v1.ClassifyBatchRequest\x1a#.sentiflow.v1.ClassifyBatchResponse\x12S\n\x0e\x43lassifyStream\x12\x1d.sentiflow.v1.ClassifyRequest\x1a\x1e.sentiflow.v1.ClassifyResponse(\x01\x30\x01\x12I\n\x08GetModel\x12\x1d.sentiflow.v1.GetModelRequest\x1a\x1e.sentiflow.v1.GetModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsentiflow/v1/classifier.proto\x12\x0csentiflow.v1\x1a\x19sentiflow/v1/events.proto\"C\n\x0f\x43lassifyRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"Z\n\x10\x43lassifyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x0bpredictions\x18\x02 \x03(\x0b\x32\x1d.sentiflow.v1.ModelPrediction\"5\n\x14\x43lassifyBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\"H\n\x15\x43lassifyBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.sentiflow.v1.ClassifyResponse\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"m\n\x10GetModelResponse\x12,\n\x08versions\x18\x01 \x03(\x0b\x32\x1a.sentiflow.v1.ModelVersion\x12+\n\x07\x65ngines\x18\x02 \x03(\x0b\x32\x1a.sentiflow.v1.EngineReport\"\xb5\x01\n\x0c\x45ngineReport\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0f\n\x07threads\x18\x05 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x19\n\x11selection_seconds\x18\x07 \x01(\x01\x12)\n\x06trials\x18\x08 \x03(\x0b\x32\x19.sentiflow.v1.EngineTrial\"\xc7\x01\n\x0b\x45ngineTrial\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x12\n\ndocs_per_s\x18\x02 \x01(\x01\x12\x16\n\x0e\x64ocs_per_s_bs1\x18\x03 \x01(\x01\x12\x17\n\x0fmax_score_delta\x18\x04 \x01(\x01\x12\x13\n\x0blabel_flips\x18\x05 \x01(\r\x12\x11\n\tagreement\x18\x06 \x01(\x01\x12\x10\n\x08\x65ligible\x18\x07 \x01(\x08\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x1a\n\x12invariance_checked\x18\t \x01(\x08\x32\xd1\x02\n\nClassifier\x12I\n\x08\x43lassify\x12\x1d.sentiflow.v1.ClassifyRequest\x1a\x1e.sentiflow.v1.ClassifyResponse\x12X\n\rClassifyBatch\x12\".sentiflow.v1.ClassifyBatchRequest\x1a#.sentiflow.v1.ClassifyBatchResponse\x12S\n\x0e\x43lassifyStream\x12\x1d.sentiflow.v1.ClassifyRequest\x1a\x1e.sentiflow.v1.ClassifyResponse(\x01\x30\x01\x12I\n\x08GetModel\x12\x1d.sentiflow.v1.GetModelRequest\x1a\x1e.sentiflow.v1.GetModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,7 +43,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELREQUEST']._serialized_start=364
   _globals['_GETMODELREQUEST']._serialized_end=396
   _globals['_GETMODELRESPONSE']._serialized_start=398
-  _globals['_GETMODELRESPONSE']._serialized_end=462
-  _globals['_CLASSIFIER']._serialized_start=465
-  _globals['_CLASSIFIER']._serialized_end=802
+  _globals['_GETMODELRESPONSE']._serialized_end=507
+  _globals['_ENGINEREPORT']._serialized_start=510
+  _globals['_ENGINEREPORT']._serialized_end=691
+  _globals['_ENGINETRIAL']._serialized_start=694
+  _globals['_ENGINETRIAL']._serialized_end=893
+  _globals['_CLASSIFIER']._serialized_start=896
+  _globals['_CLASSIFIER']._serialized_end=1233
 # @@protoc_insertion_point(module_scope)

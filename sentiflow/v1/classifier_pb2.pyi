@@ -144,19 +144,130 @@ class GetModelResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSIONS_FIELD_NUMBER: _builtins.int
+    ENGINES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ModelVersion]:
         """production and shadow versions being served"""
+
+    @_builtins.property
+    def engines(self) -> _containers.RepeatedCompositeFieldContainer[Global___EngineReport]:
+        """how each of those versions runs, where known"""
 
     def __init__(
         self,
         *,
         versions: _abc.Iterable[_events_pb2.ModelVersion] | None = ...,
+        engines: _abc.Iterable[Global___EngineReport] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engines", b"engines", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelResponse: _TypeAlias = GetModelResponse  # noqa: Y015
+
+@_typing.final
+class EngineReport(_message.Message):
+    """The engine a served version runs on, chosen when it loaded (see the README's
+    "Inference engines").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    THREADS_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    SELECTION_SECONDS_FIELD_NUMBER: _builtins.int
+    TRIALS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    version: _builtins.str
+    engine: _builtins.str
+    """e.g. "onnx-int8-static", "torch-bf16" """
+    source: _builtins.str
+    """timed, cached (an earlier timing here), pinned, fallback"""
+    threads: _builtins.int
+    """intra-op threads"""
+    device: _builtins.str
+    """cpu or cuda"""
+    selection_seconds: _builtins.float
+    """spent timing candidates at load; 0 unless timed"""
+    @_builtins.property
+    def trials(self) -> _containers.RepeatedCompositeFieldContainer[Global___EngineTrial]:
+        """every candidate timed, chosen or not"""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.str = ...,
+        engine: _builtins.str = ...,
+        source: _builtins.str = ...,
+        threads: _builtins.int = ...,
+        device: _builtins.str = ...,
+        selection_seconds: _builtins.float = ...,
+        trials: _abc.Iterable[Global___EngineTrial] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "engine", b"engine", "model", b"model", "selection_seconds", b"selection_seconds", "source", b"source", "threads", b"threads", "trials", b"trials", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EngineReport: _TypeAlias = EngineReport  # noqa: Y015
+
+@_typing.final
+class EngineTrial(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENGINE_FIELD_NUMBER: _builtins.int
+    DOCS_PER_S_FIELD_NUMBER: _builtins.int
+    DOCS_PER_S_BS1_FIELD_NUMBER: _builtins.int
+    MAX_SCORE_DELTA_FIELD_NUMBER: _builtins.int
+    LABEL_FLIPS_FIELD_NUMBER: _builtins.int
+    AGREEMENT_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    INVARIANCE_CHECKED_FIELD_NUMBER: _builtins.int
+    engine: _builtins.str
+    docs_per_s: _builtins.float
+    """length-sorted batches of calibration texts"""
+    docs_per_s_bs1: _builtins.float
+    """one text per call (when invariance_checked)"""
+    max_score_delta: _builtins.float
+    """largest score change, a text alone vs inside a batch"""
+    label_flips: _builtins.int
+    """texts whose label changed with their batch"""
+    agreement: _builtins.float
+    """share of labels equal to torch fp32's"""
+    eligible: _builtins.bool
+    """keeps the serving contract"""
+    error: _builtins.str
+    """why it could not run here"""
+    invariance_checked: _builtins.bool
+    """Candidates are checked fastest first until one keeps the contract; the slower
+    ones are not, and their three figures above are then 0.
+    """
+    def __init__(
+        self,
+        *,
+        engine: _builtins.str = ...,
+        docs_per_s: _builtins.float = ...,
+        docs_per_s_bs1: _builtins.float = ...,
+        max_score_delta: _builtins.float = ...,
+        label_flips: _builtins.int = ...,
+        agreement: _builtins.float = ...,
+        eligible: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        invariance_checked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "docs_per_s", b"docs_per_s", "docs_per_s_bs1", b"docs_per_s_bs1", "eligible", b"eligible", "engine", b"engine", "error", b"error", "invariance_checked", b"invariance_checked", "label_flips", b"label_flips", "max_score_delta", b"max_score_delta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EngineTrial: _TypeAlias = EngineTrial  # noqa: Y015

@@ -10,6 +10,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from sentiflow.apikeys import ApiKeys
 from sentiflow.config import Settings
 
+Engine = Literal[
+    "onnx-int8-static",
+    "onnx-int8-dynamic",
+    "onnx-fp32",
+    "onnx-cuda-fp32",
+    "torch-fp32",
+    "torch-bf16",
+    "torch-fp16",
+]
+EngineSetting = Literal["auto", Engine]
+# The seed validation tweets: the calibration texts engine selection times engines on.
+SEED_VALID_CSV = (
+    Path(__file__).resolve().parents[2] / "data" / "twitter-financial-news" / "valid.csv"
+)
+
 
 class InferenceOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -17,12 +32,18 @@ class InferenceOptions(BaseModel):
     models: list[str] = Field(default=["sentiment"], min_length=1)
     # A local checkpoint per model name, instead of following model.versions.
     model_paths: dict[str, Path] = {}
-    # auto: torch with bf16 on a GPU, ONNX Runtime on CPU.
-    backend: Literal["auto", "torch", "onnx"] = "auto"
-    quantize: bool = Field(default=True, description="int8 dynamic quantization (ONNX)")
+    # auto: time the engines this machine supports when a version loads and serve the
+    # fastest that keeps the serving contract (services/inference/engines.py); a name
+    # pins that engine (onnx-int8-dynamic is not batch-invariant and never chosen).
+    engine: EngineSetting = "auto"
+    # CSV with a "text" column; missing or unreadable: no timing, an exact engine serves.
+    calibration_data: Path | None = SEED_VALID_CSV
     onnx_cache_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = Field(default=1, ge=1)
+    # Intra-op threads; unset: the CPUs this process may use (affinity and cgroup
+    # quota) less reserve_cores, left to the tokenizer, Kafka client and co-located work.
+    num_threads: int | None = Field(default=None, ge=1, description="unset: usable CPUs")
+    reserve_cores: int = Field(default=0, ge=0, description="CPUs left to other work")
     max_length: int | None = Field(default=128, description="token limit; longer is truncated")
 
     max_batch_size: int = Field(default=64, ge=1)

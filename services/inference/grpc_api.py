@@ -23,6 +23,7 @@ from sentiflow.grpchandlers import abort, parse_request, unary_handler
 from sentiflow.v1 import classifier_pb2, events_pb2
 from services.inference import metrics
 from services.inference.config import InferenceOptions
+from services.inference.engines import Choice
 from services.inference.models import ModelManager, Scored
 from services.inference.validation import batch_texts, model_text
 
@@ -40,6 +41,32 @@ def to_model_prediction(model: str, scored: Scored) -> events_pb2.ModelPredictio
         label=pred.label,
         scores=[events_pb2.LabelScore(label=k, score=v) for k, v in pred.scores.items()],
         truncated=pred.truncated,
+    )
+
+
+def engine_report(model: str, version: str, choice: Choice) -> classifier_pb2.EngineReport:
+    return classifier_pb2.EngineReport(
+        model=model,
+        version=version,
+        engine=choice.engine,
+        source=choice.source,
+        threads=choice.threads,
+        device=choice.device,
+        selection_seconds=choice.selection_s,
+        trials=[
+            classifier_pb2.EngineTrial(
+                engine=t.engine,
+                docs_per_s=t.docs_per_s,
+                docs_per_s_bs1=t.docs_per_s_bs1 or 0.0,
+                max_score_delta=t.max_score_delta or 0.0,
+                label_flips=t.label_flips or 0,
+                invariance_checked=t.checked,
+                agreement=t.agreement,
+                eligible=t.eligible(choice.rules),
+                error=t.error,
+            )
+            for t in choice.trials
+        ],
     )
 
 
@@ -133,7 +160,12 @@ class ClassifierService:
         serving, shadows = self._manager.serving(), self._manager.shadows()
         versions = [serving[n] for n in names if n in serving]
         versions += [shadows[n] for n in names if n in shadows]
-        return classifier_pb2.GetModelResponse(versions=versions)
+        engines = [
+            engine_report(v.model, v.version, choice)
+            for v in versions
+            if (choice := metrics.ENGINE_REPORTS.get(v.model, v.version)) is not None
+        ]
+        return classifier_pb2.GetModelResponse(versions=versions, engines=engines)
 
     # -- registration -----------------------------------------------------------------
 

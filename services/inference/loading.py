@@ -33,8 +33,9 @@ from sentiflow.models.objectstore import (
 )
 from sentiflow.models.versions import ModelVersion
 from services.inference import metrics
-from services.inference.backends import OnnxRunner, TextRunner, TorchRunner
+from services.inference.backends import TextRunner
 from services.inference.config import InferenceOptions
+from services.inference.engines import describe, load_engine
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -44,56 +45,63 @@ __all__ = [
     "ArtifactLoader",
     "Loader",
     "RunnerFactory",
+    "admit",
+    "admitted_by",
     "default_runner_factory",
-    "signed_by",
 ]
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[ModelVersion], TextRunner]
 """A runner for a published version, warmed up; raises when it cannot be served."""
-RunnerFactory = Callable[[Path, str], TextRunner]
+RunnerFactory = Callable[[Path, ModelVersion], TextRunner]
+"""A runner for a verified local copy of a version's artifact."""
 # Files in a registry version directory that are not part of the published artifact.
 NOT_IN_MANIFEST = ("metadata.json",)
 
 
 def default_runner_factory(options: InferenceOptions) -> RunnerFactory:
-    """Torch on a GPU (or when asked), ONNX Runtime otherwise."""
+    """The engine :mod:`services.inference.engines` picks (or ``options`` pin), reported
+    in the log, on /metrics and in GetModel."""
 
-    def make(path: Path, version: str) -> TextRunner:
-        import torch
-
-        use_torch = options.backend == "torch" or (
-            options.backend == "auto" and options.device != "cpu" and torch.cuda.is_available()
-        )
-        if use_torch:
-            return TorchRunner(
-                path,
-                version=version,
-                device=options.device,
-                num_threads=options.num_threads,
-                max_length=options.max_length,
-            )
-        return OnnxRunner(
-            path,
-            version=version,
-            quantize=options.quantize,
-            cache_dir=options.onnx_cache_dir,
-            num_threads=options.num_threads,
-            max_length=options.max_length,
-        )
+    def make(path: Path, info: ModelVersion) -> TextRunner:
+        loaded = load_engine(path, info.version, options)
+        log.info("%s %s: %s", info.model, info.version, describe(loaded.choice))
+        metrics.observe_engine(info.model, info.version, loaded.choice)
+        return loaded.runner
 
     return make
 
 
-def signed_by(registry: RegistrySettings) -> Callable[[ModelVersion], bool]:
-    """A model.versions filter that lets through only records whose signature checks
-    out, so a forged record can neither start a load nor end a role; refusals are
-    logged and counted."""
+def admit(info: ModelVersion, registry: RegistrySettings) -> str:
+    """Every check of a record that reads no artifact bytes and needs no network:
+    signature and confinement, and for a local artifact its size bound and labels.
+    Returns the artifact URI, resolved inside the registry."""
+    check_signature(info, registry)
+    uri = confined_uri(info.artifact_uri, registry)
+    if not is_s3_uri(uri):
+        limit = registry.max_artifact_bytes
+        _refuse_if_too_large(info, uri, artifact_size_exceeds(Path(uri), limit), limit)
+        check_labels(info, Path(uri))
+    return uri
+
+
+def _refuse_if_too_large(info: ModelVersion, uri: str, size: int | None, limit: int) -> None:
+    if size is not None:
+        raise RefusedRecordError(
+            "too_large", f"{info.model} {info.version}: {uri} holds over {limit} bytes"
+        )
+
+
+def admitted_by(registry: RegistrySettings) -> Callable[[ModelVersion], bool]:
+    """A model.versions filter that lets through only records that pass :func:`admit`,
+    so a forged or inadmissible record can neither start a load nor end a role, and a
+    restarted instance folding the topic never takes it for the production version
+    (it would refuse to load it and serve nothing). Refusals are logged and counted."""
 
     def accept(info: ModelVersion) -> bool:
         try:
-            check_signature(info, registry)
+            admit(info, registry)
         except RefusedRecordError as exc:
             metrics.RECORDS_REFUSED.labels(info.model, exc.reason).inc()
             log.error("ignored model.versions record %s %s: %s", info.model, info.version, exc)
@@ -130,29 +138,21 @@ class ArtifactLoader:
             path = self._fetch(info, info.artifact_uri)
         else:
             path = self._admit_and_fetch(info)
-        runner = self._factory(path, info.version)
+        runner = self._factory(path, info)
         # The first call allocates; keep that off the request path.
         runner(runner.encode(["warm-up"]))
         return runner
 
     def _admit_and_fetch(self, info: ModelVersion) -> Path:
         """Every check that needs no hashing first, then the verified artifact."""
-        check_signature(info, self._registry)
-        uri = confined_uri(info.artifact_uri, self._registry)
-        limit = self._registry.max_artifact_bytes
-        if is_s3_uri(uri):
-            size = s3_size_exceeds(self._client(), parse_s3_uri(uri), limit)
-        else:
-            size = artifact_size_exceeds(Path(uri), limit)
-        if size is not None:
-            raise RefusedRecordError(
-                "too_large", f"{info.model} {info.version}: {uri} holds over {limit} bytes"
-            )
+        uri = admit(info, self._registry)
         if not is_s3_uri(uri):
-            check_labels(info, Path(uri))
+            return self._fetch(info, uri)
+        limit = self._registry.max_artifact_bytes
+        size = s3_size_exceeds(self._client(), parse_s3_uri(uri), limit)
+        _refuse_if_too_large(info, uri, size, limit)
         path = self._fetch(info, uri)
-        if is_s3_uri(uri):
-            check_labels(info, path)
+        check_labels(info, path)
         return path
 
     def _client(self) -> S3Client:

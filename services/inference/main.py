@@ -18,7 +18,7 @@ from services.inference.answers import AnswerStore
 from services.inference.config import InferenceSettings
 from services.inference.grpc_api import SERVICE, ClassifierService
 from services.inference.kafka_path import make_handler
-from services.inference.loading import signed_by
+from services.inference.loading import admitted_by
 from services.inference.models import ModelManager
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def run(settings: InferenceSettings, stop: threading.Event) -> int:
             settings.kafka,
             topics.full(topics.model_versions),
             manager.on_change,
-            accept=signed_by(settings.registry),
+            accept=admitted_by(settings.registry),
         ).start()
 
     try:

@@ -20,7 +20,7 @@ from sentiflow.models.versions import ModelVersion, fold
 from sentiflow.v1 import events_pb2
 from services.inference.backends import TextRunner
 from services.inference.config import InferenceOptions, InferenceSettings
-from services.inference.loading import ArtifactLoader, signed_by
+from services.inference.loading import ArtifactLoader, admitted_by
 from services.inference.main import UnsignedRegistryError, require_signing_key
 from services.inference.models import ModelManager
 from tests.support.inference import FakeRunner
@@ -41,8 +41,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return registry
 
 
-def _runner(path: Path, version: str) -> TextRunner:
-    return cast(TextRunner, FakeRunner(version))
+def _runner(path: Path, info: ModelVersion) -> TextRunner:
+    return cast(TextRunner, FakeRunner(info.version))
 
 
 def _manager(name: str, registry: RegistrySettings) -> ModelManager:
@@ -233,9 +233,33 @@ def test_a_forgery_that_takes_a_version_name_does_not_block_the_genuine_record(
 
 
 def test_the_watcher_filter_keeps_forged_records_out_of_the_fold(root: Path) -> None:
-    accept = signed_by(registry_settings(root))
+    accept = admitted_by(registry_settings(root))
     v1 = root / "sentiment" / "v0001"
     assert accept(model_version(v1, "v0001", signing_key=TEST_SIGNING_KEY))
     assert not accept(model_version(v1, "v0001"))
     assert not accept(model_version(v1, "v0001", signing_key=OTHER_SIGNING_KEY))
     assert _refused("sentiment", "signature") >= 2
+
+
+def test_the_watcher_filter_refuses_every_kind_of_bad_record(
+    manager: ModelManager, root: Path
+) -> None:
+    accept = admitted_by(registry_settings(root))
+    assert accept(_record(manager, root / "sentiment" / "v0001", "v0001"))
+    for kind in KINDS:
+        bad, _ = _forgeries(manager, root)[kind]
+        assert not accept(bad), kind
+
+
+def test_a_restart_after_forged_records_serves_the_last_genuine_version(
+    manager: ModelManager, root: Path
+) -> None:
+    """A restarted instance folds the whole topic: forged production records that came
+    after the genuine one must not become the version it tries (and fails) to serve."""
+    model = _model(manager)
+    accept = admitted_by(registry_settings(root))
+    history = [_record(manager, root / "sentiment" / "v0002", "v0002")]
+    history += [_forgeries(manager, root)[kind][0] for kind in KINDS]
+    manager.on_change(model, fold([r for r in history if accept(r)])[model])
+    assert manager.wait_ready(TIMEOUT)
+    assert _serving(manager) == "v0002"

@@ -11,7 +11,7 @@ from transformers import pipeline
 
 from sentiflow.models.tiny import LABELS, WORDS, make_checkpoint
 from services.inference import backends, tokenization
-from services.inference.backends import OnnxRunner, Prediction, TorchRunner
+from services.inference.backends import OnnxGraph, OnnxRunner, Prediction, TorchRunner
 from services.inference.batcher import Batcher
 from services.inference.models import queue_items
 
@@ -87,15 +87,33 @@ def test_onnx_fp32_matches_torch(torch_runner: TorchRunner, onnx_runner: OnnxRun
             assert a.scores[label] == pytest.approx(e.scores[label], abs=1e-4)
 
 
+@pytest.mark.parametrize("graph", ["int8-dynamic", "int8-static"])
 def test_int8_agrees_on_most_labels(
-    checkpoint: Path, cache_dir: Path, torch_runner: TorchRunner
+    checkpoint: Path, cache_dir: Path, torch_runner: TorchRunner, graph: OnnxGraph
 ) -> None:
-    int8 = OnnxRunner(checkpoint, cache_dir=cache_dir, quantize=True)
-    assert int8.onnx_path.name == backends.INT8_FILE
+    calibration = TEXTS * 2 if graph == "int8-static" else []
+    int8 = OnnxRunner(checkpoint, cache_dir=cache_dir, graph=graph, calibration_texts=calibration)
+    assert int8.onnx_path.name.startswith("model.int8")
+    assert int8.onnx_path.name != OnnxRunner(checkpoint, cache_dir=cache_dir).onnx_path.name
     expected = [p.label for p in torch_runner.predict(TEXTS)]
     actual = [p.label for p in int8.predict(TEXTS)]
     agreement = sum(a == e for a, e in zip(actual, expected, strict=True)) / len(TEXTS)
     assert agreement >= 0.75
+
+
+def test_static_int8_needs_calibration_texts(checkpoint: Path, cache_dir: Path) -> None:
+    with pytest.raises(ValueError, match="calibration"):
+        OnnxRunner(checkpoint, cache_dir=cache_dir, graph="int8-static")
+
+
+def test_products_fed_by_an_activation_stay_fp32(checkpoint: Path, cache_dir: Path) -> None:
+    import onnx
+
+    graph = onnx.load(str(OnnxRunner(checkpoint, cache_dir=cache_dir).onnx_path)).graph
+    kept = backends.activation_fed_products(list(graph.node))
+    # One feed-forward output projection per layer of the 2-layer model, nothing else.
+    assert len(kept) == 2
+    assert all("output/dense" in name for name in kept)
 
 
 def test_truncation_is_flagged(torch_runner: TorchRunner, onnx_runner: OnnxRunner) -> None:
@@ -202,12 +220,12 @@ def test_read_only_location_falls_back_to_the_cache_dir(
     fresh_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     beside = fresh_checkpoint.parent / "v1.onnx"
-    real_writable = backends._writable_dir
+    real_writable = backends.writable_dir
 
     def beside_is_read_only(path: Path) -> bool:
         return beside not in path.parents and real_writable(path)
 
-    monkeypatch.setattr(backends, "_writable_dir", beside_is_read_only)
+    monkeypatch.setattr(backends, "writable_dir", beside_is_read_only)
     runner = OnnxRunner(fresh_checkpoint, cache_dir=tmp_path / "cache")
     assert runner.exported
     assert tmp_path / "cache" in runner.onnx_path.parents

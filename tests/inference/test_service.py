@@ -59,8 +59,7 @@ def _settings(
         group_prefix=settings.group_prefix,
         inference=InferenceOptions(
             grpc_address=f"127.0.0.1:{devstack.free_port()}",
-            backend="onnx",
-            quantize=True,
+            engine="onnx-int8-static",
             onnx_cache_dir=tmp_path / "onnx-cache",
             **options,  # type: ignore[arg-type]
         ),

@@ -55,8 +55,9 @@ def test_service_help_shows_defaults_choices_and_nested_sections(
     with pytest.raises(SystemExit):
         build_parser().parse_args(["inference", "--help"])
     inference = capsys.readouterr().out
-    backend = next(line for line in inference.splitlines() if "__BACKEND=" in line)
-    assert backend.split() == ["SENTIFLOW_INFERENCE__BACKEND=auto", "auto|torch|onnx"]
+    engine = next(line for line in inference.splitlines() if "__ENGINE=" in line)
+    assert engine.split()[0] == "SENTIFLOW_INFERENCE__ENGINE=auto"
+    assert "|onnx-int8-static|" in engine.split()[1]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["alerting", "--help"])
     assert "SENTIFLOW_ALERTING__DETECTOR__WINDOW_S=300" in capsys.readouterr().out

@@ -58,7 +58,7 @@ def _save(registry: S3Registry, checkpoint: Path, **kwargs: object) -> VersionIn
 
 def _manager(s3_server: S3Server, bucket: str, tmp_path: Path) -> ModelManager:
     return ModelManager(
-        InferenceOptions(backend="onnx", onnx_cache_dir=tmp_path / "onnx"),
+        InferenceOptions(engine="onnx-fp32", onnx_cache_dir=tmp_path / "onnx"),
         registry=RegistrySettings(
             uri=f"s3://{bucket}/models",
             s3=s3_server.options(),
@@ -180,7 +180,7 @@ def test_an_s3_artifact_over_the_size_bound_is_refused_before_download(
     registry = _registry(s3_server, s3_bucket, tmp_path)
     info = _save(registry, checkpoint, stage="production")
     manager = ModelManager(
-        InferenceOptions(backend="onnx", onnx_cache_dir=tmp_path / "onnx"),
+        InferenceOptions(engine="onnx-fp32", onnx_cache_dir=tmp_path / "onnx"),
         registry=RegistrySettings(
             uri=f"s3://{s3_bucket}/models",
             s3=s3_server.options(),

@@ -199,7 +199,7 @@ def test_shadow_is_promoted_end_to_end(settings: Settings, tmp_path: Path) -> No
         group_prefix=settings.group_prefix,
         inference=InferenceOptions(
             grpc_address=f"127.0.0.1:{devstack.free_port()}",
-            backend="onnx",
+            engine="onnx-fp32",
             onnx_cache_dir=tmp_path / "onnx",
         ),
         registry=RegistrySettings(
