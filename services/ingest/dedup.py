@@ -7,7 +7,8 @@ acknowledged the document:
 
 1. ``reserve``: for every document whose marks are free, write a lease (the
    reservation's name: this process's token and a sequence number, and an expiry),
-   atomically for a whole batch, in one Lua call.
+   atomically for a whole batch, in one Lua call. Asked again under the same name
+   (its reply was lost), a reservation finds its own leases free, not in flight.
 2. Publish what was reserved; wait for the broker's acknowledgement.
 3. ``confirm``: say so. When every document a reservation leased was published (the
    common case), one "done" mark for the reservation says it for all of them, and
@@ -137,12 +138,16 @@ local function states(prefix, width, fields, at)
   end
   return out
 end
--- 1: a duplicate (seen, or in flight in this very process); 3: leased by another
--- live instance; 0: free, or leased by an earlier life of this instance.
+-- 1: a duplicate (seen, or in flight in this very process under another
+-- reservation); 3: leased by another live instance; 0: free, leased by an earlier
+-- life of this instance, or by this very reservation: it is being asked again
+-- because its answer was lost (Redis ran it, the reply never arrived), and what it
+-- leased then is still its own to publish.
 local function judge(v)
   if not v then return 0 end
   if v == 'd' then return 1 end
   local owner = string.match(v, '^(.*)|') or ''
+  if owner == reservation then return 0 end
   if string.sub(owner, 1, #ours) == ours then return 1 end
   if string.sub(owner, 1, #mine) == mine then return 0 end
   return 3
@@ -319,13 +324,34 @@ class Deduplicator:
         leased the NEW documents, for ``confirm`` to confirm them as a whole."""
         return self.reserve_many([docs])[0]
 
-    def reserve_many(self, groups: Sequence[Sequence[DedupKey]]) -> list[Reservation]:
+    def name_reservations(self, n_docs: int) -> list[str]:
+        """Fresh names for the reservations of a group of ``n_docs`` documents (one
+        per thousand), for ``reserve_many``. A caller that keeps them and asks about the
+        same group again under them, after Redis gave no answer, is recognised as the
+        owner of whatever that unanswered call may have leased."""
+        n_chunks = -(-n_docs // MAX_DOCS_PER_CALL)
+        return [f"{self._token}{next(self._reservations)}" for _ in range(n_chunks)]
+
+    def reserve_many(
+        self,
+        groups: Sequence[Sequence[DedupKey]],
+        names: Sequence[Sequence[str]] | None = None,
+    ) -> list[Reservation]:
         """``reserve_named`` for several groups (batches) in one round trip: one script
-        call per group (per thousand documents), pipelined, run by Redis in order."""
+        call per group (per thousand documents), pipelined, run by Redis in order.
+
+        ``names`` gives each group's reservation names (``name_reservations``), fresh
+        ones when omitted. Asking again under the same names is idempotent: after a
+        RedisError the call may have run in Redis with only its reply lost, and under
+        new names its own leases would read as documents in flight elsewhere in this
+        process, that is as duplicates, and never be published."""
         calls: list[tuple[int, str, Sequence[DedupKey]]] = []
         for g, docs in enumerate(groups):
-            for chunk in _chunks(docs):
-                calls.append((g, f"{self._token}{next(self._reservations)}", chunk))
+            chunks = _chunks(docs)
+            given = self.name_reservations(len(docs)) if names is None else names[g]
+            if len(given) != len(chunks):
+                raise ValueError(f"{len(given)} reservation names for {len(chunks)} chunks")
+            calls.extend((g, name, chunk) for name, chunk in zip(given, chunks, strict=True))
         answers = self._pipelined(
             self._reserve,
             [self._args(chunk, [name, *self._reserve_extra]) for _, name, chunk in calls],

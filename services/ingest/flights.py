@@ -75,6 +75,11 @@ class Flight:
     reservations: list[str] = field(default_factory=list)
     asked: list[int] = field(default_factory=list)
     asked_keys: list[DedupKey] = field(default_factory=list)
+    # The names of the reservations asking about ``asked`` (one per thousand), kept
+    # until Redis answers: after a RedisError the same documents are asked about again
+    # under the same names, as Redis may have run the call and only its reply been
+    # lost, and only under its own names does a reservation recognise its leases.
+    asked_names: list[str] = field(default_factory=list)
 
     def on_delivery(self, err: KafkaError | None, msg: Record) -> None:
         """The producer's delivery report (librdkafka calls it for every record)."""

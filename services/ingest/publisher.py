@@ -266,9 +266,13 @@ class Publisher:
                     try:
                         reservation = pending.result()
                     except redis.RedisError as exc:
-                        flight.to_reserve = flight.asked + flight.to_reserve
+                        # Asked again as they were, under the same names (kept in
+                        # asked_names); nothing joins to_reserve while a reservation
+                        # is under way.
+                        flight.to_reserve = flight.asked
                         self._backoff(flight, now, f"redis unavailable for dedup: {exc}")
                         continue
+                    flight.asked_names = []
                     flight.reservations.extend(reservation.names)
                     self._apply(flight, reservation.verdicts, now)
                 continue
@@ -287,12 +291,15 @@ class Publisher:
             return
         answers: list[Future[Reservation]] = []
         for flight in due:
+            if not flight.asked_names:  # else: asking again about what went unanswered
+                flight.asked_names = self._dedup.name_reservations(len(flight.to_reserve))
             flight.asked, flight.to_reserve = flight.to_reserve, []
             flight.asked_keys = dedup_keys(flight.batch.items, flight.asked)
             flight.reserving = Future()
             answers.append(flight.reserving)
         groups = [flight.asked_keys for flight in due]
-        self._asking.append(self._redis.submit(_reserve_all, self._dedup, groups, answers))
+        names = [flight.asked_names for flight in due]
+        self._asking.append(self._redis.submit(_reserve_all, self._dedup, groups, names, answers))
 
     def _apply(self, flight: Flight, verdicts: list[Verdict], now: float) -> None:
         """Produce what was reserved; drop duplicates; keep busy ones for later."""
@@ -440,7 +447,8 @@ class Publisher:
                     flight.reserving = None
                     self._abandon(flight, flight.asked, leased=True)
                 if flight.to_reserve:
-                    self._abandon(flight, flight.to_reserve, leased=False)
+                    # Left unanswered by Redis, they may be leased all the same.
+                    self._abandon(flight, flight.to_reserve, leased=bool(flight.asked_names))
                     flight.to_reserve = []
             self._finish_settled()
             waiting: list[Future[Any]] = [
@@ -470,12 +478,15 @@ class Publisher:
 
 
 def _reserve_all(
-    dedup: Deduplicator, groups: list[list[DedupKey]], answers: list[Future[Reservation]]
+    dedup: Deduplicator,
+    groups: list[list[DedupKey]],
+    names: list[list[str]],
+    answers: list[Future[Reservation]],
 ) -> None:
-    """In the Redis thread: reserve several batches in one call, each answer (or the
-    error) to its batch's future."""
+    """In the Redis thread: reserve several batches in one call, each under its
+    reservation names, each answer (or the error) to its batch's future."""
     try:
-        reservations = dedup.reserve_many(groups)
+        reservations = dedup.reserve_many(groups, names)
     except BaseException as exc:
         for answer in answers:
             answer.set_exception(exc)

@@ -43,6 +43,7 @@ class DeadLetter:
     partition: int = 0
     offset: int = 0
     digest: str = ""  # of the original bytes, for letters from a channel
+    detail: str = ""
 
     @property
     def identity(self) -> tuple[str, str, int, int, str]:
@@ -126,6 +127,39 @@ def distinct_letters(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
     for letter in letters:
         seen.setdefault(letter.identity, letter)
     return list(seen.values())
+
+
+# What a dead letter's detail names when a dependency failed rather than the record:
+# the exception types sentiflow.errors.is_transient waits out, and the socket errors
+# under them. A letter like this means a record was given up on while the failure
+# would have passed.
+TRANSIENT_MARKERS = (
+    "ConnectionError",
+    "TimeoutError",
+    "BusyLoadingError",
+    "TransientError",
+    "UnavailableError",
+    "NotReadyError",
+    "OverloadedError",
+    "DeadlineExceededError",
+    "KafkaException",
+    "Connection refused",
+    "Connection reset",
+    "Timed out",
+)
+
+
+def transient(letter: DeadLetter) -> bool:
+    """Whether a letter was written for a dependency's failure, not the record's fault."""
+    if letter.reason == "timeout":
+        return True
+    return letter.reason == "processing_error" and any(
+        marker in letter.detail for marker in TRANSIENT_MARKERS
+    )
+
+
+def transient_letters(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
+    return [d for d in distinct_letters(letters) if transient(d)]
 
 
 def dead_letter_counts(letters: Iterable[DeadLetter]) -> dict[str, int]:

@@ -27,25 +27,35 @@ class Kill:
 
 
 def kill_plan(
-    targets: Sequence[str], window_s: float, seed: int, margin: float = 0.1
+    targets: Sequence[str],
+    window_s: float,
+    seed: int,
+    margin: float = 0.1,
+    hold: Mapping[str, float] | None = None,
 ) -> list[Kill]:
-    """One kill per target at distinct random moments inside the window, in time order.
+    """One kill per entry of ``targets`` at distinct random moments inside the window,
+    in time order; a target listed twice is killed twice.
 
     The first and last ``margin`` of the window stay free, so each kill happens while
-    documents are streaming rather than before the first or after the last.
+    documents are streaming rather than before the first or after the last. ``hold``
+    says how long a target stays down once killed (a long outage): the next kill comes
+    only after it is back, so one fault at a time is what the services face.
     """
     rng = random.Random(seed)
     order = list(targets)
     rng.shuffle(order)
+    held = hold or {}
     lo, hi = window_s * margin, window_s * (1 - margin)
+    busy = sum(held.get(name, 0.0) for name in order)
     # One slot per target keeps the kills apart, so a restarted service gets to run
     # before the next one goes down.
-    slot = (hi - lo) / max(1, len(order))
-    kills = [
-        Kill(round(lo + i * slot + rng.uniform(0.2, 0.8) * slot, 3), name)
-        for i, name in enumerate(order)
-    ]
-    return sorted(kills, key=lambda k: k.at_s)
+    slot = max(0.0, hi - lo - busy) / max(1, len(order))
+    kills: list[Kill] = []
+    start = lo
+    for name in order:
+        kills.append(Kill(round(start + rng.uniform(0.2, 0.8) * slot, 3), name))
+        start += slot + held.get(name, 0.0)
+    return kills
 
 
 def group_rss_kb(pgid: int, proc: Path = Path("/proc")) -> int:

@@ -10,15 +10,26 @@ Phases, in order (each one's numbers go into the result):
 3. **Stream with faults**: labelled seed documents through ingest HTTP at a steady
    rate, bad input mixed in (through ingest, and undecodable bytes straight onto the
    topics), a burst of negative documents for one entity so an alert fires, and every
-   service SIGKILLed once at a seeded random moment (Redis too, with readiness
-   watched while it is down). Then wait until every document has an answer.
+   service SIGKILLed once at a seeded random moment, Redis restarted a few times and
+   held down once for a long outage (documents written straight to docs.raw
+   meanwhile, half of them replays of answered ones), readiness watched while it is
+   down. Then wait until every document has an answer.
 4. **Learning loop**: the true label, from two users, for documents the production
    version got wrong; wait for the trainer to publish a new production version and
    for a document sent after it to be answered by it.
-5. **Load** (optional): documents offered faster than inference can score them for a
+5. **Forged versions**: records that must never be served published on
+   model.versions one by one, each waited for until inference has refused it; later
+   documents and GetModel must still name the genuine version.
+6. **Load** (optional): documents offered faster than inference can score them for a
    while, the gRPC API probed with a deadline, lag sampled; then the backlog drains.
-6. **Check**: read every topic back and count what was lost, contradicted or repeated;
-   consumer lag at the end; peak memory per service.
+7. **gRPC overload** (optional): unary Classify capacity measured, then twice that
+   offered with a deadline (:mod:`stack.system.overload`).
+8. **Restart after forgeries** (optional): inference SIGKILLed once more; it must be
+   ready again, serving the genuine version, though the last production records on
+   model.versions are forgeries.
+9. **Check**: read every topic back and count what was lost, contradicted or repeated,
+   dead-lettered for a transient failure, or answered by a forged version; consumer
+   lag at the end; peak memory per service.
 """
 
 from __future__ import annotations
@@ -36,15 +47,17 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import grpc
+from confluent_kafka import Producer
 
 from sentiflow.config import KafkaSettings, TopicNames
+from sentiflow.kafka import Output, produce_and_wait
 from sentiflow.topics import admin_client, create_topics, topic_specs
 from sentiflow.v1 import events_pb2, feedback_pb2
 from services.feedback.client import FeedbackClient
@@ -58,12 +71,16 @@ from stack.localstack import (
 from stack.supervisor import Supervisor
 from stack.system import checks, topics
 from stack.system.faults import RssSampler, kill_plan, restart_redis
+from stack.system.forged import Forgery, forged_names, forgeries
+from stack.system.overload import run_overload_apart
 from stack.system.watch import Watcher, WebhookSink, webhook_sink
 from stack.system.workload import (
     FeedStats,
     IngestHttp,
     LabeledDoc,
     bad_http_inputs,
+    direct_documents,
+    produce_documents,
     raw_garbage,
     seed_documents,
     varied,
@@ -103,11 +120,18 @@ class RunConfig:
     garbage_per_topic: int = 3
     spike: int = 40
     kill: tuple[str, ...] = SERVICES
-    kill_redis: bool = True
+    redis_restarts: int = 1  # SIGKILLed and back within seconds, during the feed
+    redis_outage_s: float = 0.0  # one long outage during the feed (0: none)
+    direct_docs: int = 200  # written straight to docs.raw during the long outage
+    forged_versions: bool = True
+    restart_after_forged: bool = False
     seed: int = 20261124
     load_s: float = 0.0
     load_rate: float = 600.0
     grpc_deadline_s: float = 2.0
+    capacity_s: float = 0.0  # gRPC capacity measured this long, then overload (0: none)
+    overload_s: float = 20.0
+    overload_factor: float = 2.0
     phase_timeout_s: float = 900.0
     trainer_env: dict[str, str] = field(default_factory=dict)
     alerting: bool = True
@@ -376,9 +400,11 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _readiness_while_down(plan: LocalStackPlan, names: Sequence[str], out: dict[str, bool]) -> None:
+def _readiness_while_down(
+    plan: LocalStackPlan, names: Sequence[str], out: dict[str, bool], wait_s: float = 2.0
+) -> None:
     """Give the services time to notice the outage, then read their readiness."""
-    time.sleep(2.0)
+    time.sleep(wait_s)
     for name in names:
         out[name] = _ready(plan.health_url(name))
 
@@ -461,6 +487,10 @@ class Feeder:
 # -- phases ---------------------------------------------------------------------------
 
 
+REDIS_BLIP_S = 4.0  # how long Redis stays down on each restart
+OVERLOAD_GOODPUT_BAR = 0.8  # of measured capacity, while twice that is offered
+
+
 def _inject_faults(
     config: RunConfig,
     stack: devstack.DevStack,
@@ -468,37 +498,57 @@ def _inject_faults(
     supervisor: Supervisor,
     window_s: float,
     result: Result,
+    outage: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """Every kill of the plan, in order; ``outage`` runs while Redis is down for long
+    (it writes documents straight to docs.raw) and returns what it did."""
     targets = [s for s in config.kill if s in config.services]
-    if config.kill_redis:
-        targets.append("redis")
-    plan_ = kill_plan(targets, window_s, config.seed)
+    targets += ["redis"] * config.redis_restarts
+    hold = {"redis": REDIS_BLIP_S}
+    if config.redis_outage_s > 0:
+        targets.append("redis-outage")
+        hold["redis-outage"] = config.redis_outage_s
+    # The feed stalls while Redis is down (ingest waits for its dedup), so the window
+    # stretches by the outage.
+    plan_ = kill_plan(targets, window_s + config.redis_outage_s, config.seed, hold=hold)
     started = time.monotonic()
-    redis_info: dict[str, Any] = {}
+    restarts: list[dict[str, Any]] = []
+    outage_info: dict[str, Any] = {}
     kills: dict[str, int] = {}
     for kill in plan_:
         time.sleep(max(0.0, started + kill.at_s - time.monotonic()))
-        if kill.target == "redis":
-            watched = [s for s in ("feedback", "ingest") if s in config.services]
+        if kill.target in ("redis", "redis-outage"):
+            long = kill.target == "redis-outage"
+            watched: list[str] = [s for s in ("feedback", "ingest") if s in config.services]
+            if long and outage is not None and "inference" in config.services:
+                watched.append("inference")  # it has documents to wait on the store for
             down_ready: dict[str, bool] = {}
-            seconds = restart_redis(
-                stack, down_s=4.0, on_down=partial(_readiness_while_down, plan, watched, down_ready)
+            done: dict[str, Any] = {}
+            on_down = partial(
+                _while_redis_down,
+                plan,
+                watched,
+                down_ready,
+                done,
+                outage if long else None,
+                5.0 if long else 2.0,
             )
-            back = time.monotonic()
-            recovered: dict[str, float | None] = {}
-            for name in watched:
-                recovered[name] = None
-                while time.monotonic() - back < 60:
-                    if _ready(plan.health_url(name)):
-                        recovered[name] = round(time.monotonic() - back, 1)
-                        break
-                    time.sleep(0.2)
-            redis_info = {
+            seconds = restart_redis(
+                stack, down_s=config.redis_outage_s if long else REDIS_BLIP_S, on_down=on_down
+            )
+            info = {
+                "at_s": kill.at_s,
                 "down_seconds": round(seconds, 1),
                 "ready_while_down": down_ready,
-                "ready_again_after_s": recovered,
+                "ready_again_after_s": _recovered(plan, watched),
+                **done,
             }
-            result.note(f"redis killed and restarted: {redis_info}")
+            if long:
+                outage_info = info
+                result.note(f"redis down for {info['down_seconds']} s: {info}")
+            else:
+                restarts.append(info)
+                result.note(f"redis killed and restarted: {info}")
         else:
             supervisor.kill(kill.target, signal.SIGKILL)
             result.note(f"SIGKILL {kill.target} at +{kill.at_s:.1f} s")
@@ -506,8 +556,36 @@ def _inject_faults(
     return {
         "kills": kills,
         "kill_plan": [asdict(k) for k in plan_],
-        "redis": redis_info,
+        "redis": restarts,
+        "redis_outage": outage_info,
     }
+
+
+def _while_redis_down(
+    plan: LocalStackPlan,
+    watched: Sequence[str],
+    ready: dict[str, bool],
+    done: dict[str, Any],
+    outage: Callable[[], dict[str, Any]] | None,
+    wait_s: float,
+) -> None:
+    if outage is not None:
+        done.update(outage())
+    _readiness_while_down(plan, watched, ready, wait_s=wait_s)
+
+
+def _recovered(plan: LocalStackPlan, names: Sequence[str]) -> dict[str, float | None]:
+    """Seconds until each service is ready again (None: not within a minute)."""
+    back = time.monotonic()
+    out: dict[str, float | None] = {}
+    for name in names:
+        out[name] = None
+        while time.monotonic() - back < 60:
+            if _ready(plan.health_url(name)):
+                out[name] = round(time.monotonic() - back, 1)
+                break
+            time.sleep(0.2)
+    return out
 
 
 def _main_version(watcher: Watcher, doc_ids: Iterable[str]) -> str:
@@ -567,6 +645,136 @@ def _probe_grpc(
             code = _grpc_code(lambda: client.classify("$AAPL shares slump after weak guidance"))
             out[code] = out.get(code, 0) + 1
             stop.wait(0.2)
+
+
+# -- forged versions, overload, restart ----------------------------------------------
+
+
+def _refusals(plan: LocalStackPlan, model: str = "sentiment") -> dict[str, float]:
+    """inference's count of refused model.versions records, by reason."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(plan.health_url("inference", "/metrics"), timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "sentiflow_inference_model_records_refused":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("model") == model:
+                out[sample.labels["reason"]] = sample.value
+    return out
+
+
+def _serving(plan: LocalStackPlan) -> list[str]:
+    """The versions GetModel says inference serves."""
+    with ClassifierClient(
+        plan.grpc_address("inference"), api_key=INFERENCE_KEY, timeout_s=10
+    ) as client:
+        return [v.version for v in client.get_model()]
+
+
+def _genuine_production(watcher: Watcher) -> events_pb2.ModelVersion | None:
+    for version, _seen in reversed(watcher.versions()):
+        if version.stage == events_pb2.MODEL_STAGE_PRODUCTION and not forged_names(
+            {version.version}, set()
+        ):
+            return version
+    return None
+
+
+def _forge(
+    config: RunConfig,
+    plan: LocalStackPlan,
+    watcher: Watcher,
+    kafka: KafkaSettings,
+    names: TopicNames,
+    http: IngestHttp,
+) -> tuple[dict[str, Any], set[str]]:
+    """Publish every forgery, one at a time, each once inference counted its refusal
+    (a record published while another loads would supersede it unseen); then send
+    documents and ask GetModel. Returns the phase's numbers and the documents sent."""
+    from sentiflow.config import RegistrySettings
+
+    genuine = _genuine_production(watcher)
+    if genuine is None:
+        return {"error": "no genuine production record to forge from"}, set()
+    made: list[Forgery] = forgeries(
+        genuine,
+        plan.registry_dir.resolve(),
+        config.work_dir.resolve(),
+        plan.signing_key,
+        max_artifact_bytes=RegistrySettings().max_artifact_bytes,
+    )
+    producer = Producer(kafka.client_config())
+    topic = names.full(names.model_versions)
+    records: list[dict[str, Any]] = []
+    for forgery in made:
+        before = _refusals(plan).get(forgery.reason, 0.0)
+        value = forgery.record.SerializeToString()
+        produce_and_wait(producer, [Output(topic, value, forgery.record.model.encode())])
+        sent = time.monotonic()
+        refused_after: float | None = None
+        while time.monotonic() - sent < 60:
+            if _refusals(plan).get(forgery.reason, 0.0) > before:
+                refused_after = round(time.monotonic() - sent, 2)
+                break
+            time.sleep(0.2)
+        records.append(
+            {
+                "kind": forgery.kind,
+                "version": forgery.version,
+                "reason": forgery.reason,
+                "refused_after_s": refused_after,
+            }
+        )
+    later = FeedStats()
+    http.send(varied(seed_documents("train"), 50, "after-forged"), later)
+    ids = set(later.ids.values())
+    watcher.wait_answered(ids, 120)
+    by_version: Counter[str] = Counter()
+    for doc_id in ids:
+        by_version.update(list(watcher.answers(doc_id)))
+    return {
+        "genuine": genuine.version,
+        "records": records,
+        "refused": sum(r["refused_after_s"] is not None for r in records),
+        "later_docs": len(ids),
+        "later_docs_by_version": dict(sorted(by_version.items())),
+        "get_model": _serving(plan),
+    }, ids
+
+
+def _restart_after_forgeries(
+    plan: LocalStackPlan, supervisor: Supervisor, http: IngestHttp, watcher: Watcher
+) -> tuple[dict[str, Any], set[str]]:
+    """SIGKILL inference while the last production records are forgeries: it must come
+    back serving the genuine version, not stay unready on a record it refuses."""
+    supervisor.kill("inference", signal.SIGKILL)
+    killed = time.monotonic()
+    time.sleep(1.0)
+    ready_after: float | None = None
+    while time.monotonic() - killed < 120:
+        if _ready(plan.health_url("inference")):
+            ready_after = round(time.monotonic() - killed, 1)
+            break
+        time.sleep(0.5)
+    out: dict[str, Any] = {"ready_after_s": ready_after}
+    ids: set[str] = set()
+    if ready_after is not None:
+        out["get_model"] = _serving(plan)
+        later = FeedStats()
+        http.send(varied(seed_documents("train"), 20, "after-restart"), later)
+        ids = set(later.ids.values())
+        watcher.wait_answered(ids, 120)
+        by_version: Counter[str] = Counter()
+        for doc_id in ids:
+            by_version.update(list(watcher.answers(doc_id)))
+        out["later_docs_by_version"] = dict(sorted(by_version.items()))
+    return out, ids
 
 
 def _lagged(services: Sequence[str]) -> dict[str, str]:
@@ -640,13 +848,30 @@ def run(config: RunConfig) -> Result:
             stats = FeedStats()
             feeder = Feeder(http, stats, config.batch)
             window_s = len(docs) / config.rate
+            direct: set[str] = set()
+
+            def outage() -> dict[str, Any]:
+                """While Redis is down: documents straight to docs.raw, half of them
+                replays of answered ones (the answer store must give the same label)."""
+                replays = watcher.documents(config.direct_docs // 2)
+                fresh = direct_documents(
+                    varied(seed_documents("train"), config.direct_docs - len(replays), "direct"),
+                    "e2e-direct",
+                )
+                direct.update(produce_documents(kafka, names.full(names.docs_raw), replays + fresh))
+                return {"direct_docs": len(fresh), "replayed_docs": len(replays)}
+
             stream_started = time.monotonic()
             feeder.start(docs, config.rate, bad, [spike] if spike else [])
-            v["faults"] = _inject_faults(config, stack, plan, supervisor, window_s, result)
+            v["faults"] = _inject_faults(
+                config, stack, plan, supervisor, window_s, result, outage=outage
+            )
             feeder.join(config.phase_timeout_s)
             v["stream_seconds"] = round(time.monotonic() - stream_started, 1)
-            ingested = set(stats.ids.values())
+            ingested = set(stats.ids.values()) | direct
             answered = watcher.wait_answered(ingested, config.phase_timeout_s)
+            # The last kill may have just happened: the loop talks to every service.
+            supervisor.wait_ready(timeout_s=config.phase_timeout_s)
             v["drain_seconds"] = round(time.monotonic() - stream_started - v["stream_seconds"], 1)
             result.note(f"{answered}/{len(ingested)} documents answered after the fault phase")
             max_lag = max([max_lag, *lag_probe.sample().values()])
@@ -710,8 +935,16 @@ def run(config: RunConfig) -> Result:
                 )
                 ingested |= later_ids
             ingested |= set(probes.ids.values())
+            serving_seen: set[str] = set()
 
-            # 5. load
+            # 5. forged versions
+            if config.forged_versions and "inference" in config.services:
+                v["forged"], forged_ids = _forge(config, plan, watcher, kafka, names, http)
+                ingested |= forged_ids
+                serving_seen.update(v["forged"].get("get_model", []))
+                result.note(f"forged versions: {v['forged']}")
+
+            # 6. load
             if config.load_s > 0:
                 load_stats = FeedStats()
                 grpc_outcomes: dict[str, int] = {}
@@ -761,7 +994,36 @@ def run(config: RunConfig) -> Result:
                 max_lag = max(max_lag, max(lag_series or [0]))
                 result.note(f"load: {v['load']}")
 
-            # 6. checks
+            # 7. gRPC overload, with the Kafka path idle
+            if config.capacity_s > 0:
+                texts = [d.text for d in seed_documents("train")]
+                v["grpc_overload"] = run_overload_apart(
+                    address=plan.grpc_address("inference"),
+                    api_key=INFERENCE_KEY,
+                    texts=texts,
+                    capacity_s=config.capacity_s,
+                    overload_s=config.overload_s,
+                    factor=config.overload_factor,
+                    deadline_s=config.grpc_deadline_s,
+                )
+                offered = v["grpc_overload"]["overload"]
+                v["overload_capacity_per_s"] = v["grpc_overload"]["capacity_per_s"]
+                v["overload_goodput_ratio"] = offered["goodput_ratio"]
+                v["overload_refused_fast_share"] = offered["refused_fast_share"]
+                v["overload_p99_ms"] = offered["p99_ms"]
+                serving_seen.update(_serving(plan))
+                result.note(f"gRPC overload: {v['grpc_overload']}")
+
+            # 8. a restart with forgeries last on model.versions
+            if config.restart_after_forged and "forged" in v:
+                v["restart_after_forged"], restart_ids = _restart_after_forgeries(
+                    plan, supervisor, http, watcher
+                )
+                ingested |= restart_ids
+                serving_seen.update(v["restart_after_forged"].get("get_model", []))
+                result.note(f"inference restarted after the forgeries: {v['restart_after_forged']}")
+
+            # 9. checks
             v["lag_end"] = _wait_lag_zero(kafka, names, prefix, config.services, 120)
             time.sleep(3.0)  # the last webhooks and alerts
             scored = topics.scored(topics.read_all(kafka, names.full(names.docs_scored))[0])
@@ -799,6 +1061,18 @@ def run(config: RunConfig) -> Result:
                     "dlq_records": len(checks.distinct_letters(letters)),
                     "dlq_records_with_replays": len(letters),
                     "dlq_by_reason": checks.dead_letter_counts(letters),
+                    "transient_dead_letters": len(checks.transient_letters(letters)),
+                    "transient_sample": [
+                        f"{d.service}/{d.reason}: {d.detail[:120]}"
+                        for d in checks.transient_letters(letters)[:5]
+                    ],
+                    # Answers (document, version) by a forged version, and versions
+                    # GetModel reported serving, whichever phase asked.
+                    "forged_versions_served": len(
+                        {(s.doc_id, s.version) for s in scored if forged_names({s.version}, set())}
+                    )
+                    + len(forged_names(set(), serving_seen)),
+                    "versions_answering": checks.versions_after(scored, ingested),
                     "max_lag": max_lag,
                     "ingest_http_statuses": stats.statuses,
                     "restarts": {n: supervisor.restarts(n) for n in supervisor.names},
@@ -838,16 +1112,60 @@ def _judge(config: RunConfig, result: Result) -> None:
         result.failures.append("documents sent after the switch were not all answered by it")
     if v.get("webhooks_received", 0) != v.get("webhooks_signature_valid", 0):
         result.failures.append("a webhook arrived without a valid signature")
-    with suppress(KeyError):
-        redis = v["faults"]["redis"]
-        if redis and any(redis["ready_while_down"].values()):
+    faults = v.get("faults", {})
+    outages = [
+        *faults.get("redis", []),
+        *([faults["redis_outage"]] if faults.get("redis_outage") else []),
+    ]
+    if len(faults.get("redis", [])) != config.redis_restarts:
+        result.failures.append(
+            f"{len(faults.get('redis', []))} Redis restarts, not {config.redis_restarts}"
+        )
+    for redis in outages:
+        if any(redis["ready_while_down"].values()):
             result.failures.append(f"a service stayed ready while Redis was down: {redis}")
-        if redis and any(t is None for t in redis["ready_again_after_s"].values()):
+        if any(t is None for t in redis["ready_again_after_s"].values()):
             result.failures.append(f"a service did not become ready after Redis returned: {redis}")
+    if config.redis_outage_s > 0:
+        down = faults.get("redis_outage", {}).get("down_seconds", 0.0)
+        if down < config.redis_outage_s:
+            result.failures.append(f"Redis was down {down} s, not {config.redis_outage_s} s")
+    if v.get("transient_dead_letters"):
+        result.failures.append(
+            f"{v['transient_dead_letters']} dead letters for a transient failure: "
+            f"{v.get('transient_sample')}"
+        )
+    if v.get("forged_versions_served"):
+        result.failures.append(f"forged versions served: {v['forged_versions_served']}")
+    forged = v.get("forged")
+    if config.forged_versions and "inference" in config.services:
+        records = (forged or {}).get("records", [])
+        unrefused = [r for r in records if r["refused_after_s"] is None]
+        if not records or unrefused:
+            result.failures.append(f"forged records not refused: {unrefused or forged}")
+        if forged and set(forged.get("later_docs_by_version", {})) != {forged.get("genuine")}:
+            result.failures.append(f"documents after the forgeries answered by: {forged}")
+    if config.restart_after_forged and forged:
+        restart = v.get("restart_after_forged", {})
+        if restart.get("ready_after_s") is None:
+            result.failures.append(
+                "inference was not ready within 120 s of a restart whose last production "
+                "records on model.versions were refused forgeries"
+            )
+    if config.capacity_s > 0:
+        ratio = v.get("overload_goodput_ratio")
+        if ratio is None or ratio < OVERLOAD_GOODPUT_BAR:
+            result.failures.append(
+                f"goodput at {config.overload_factor}x offered: {ratio} of capacity"
+            )
+        p99 = v.get("overload_p99_ms")
+        if p99 is None or p99 >= config.grpc_deadline_s * 1000 / 2:
+            result.failures.append(f"p99 of answered calls under overload: {p99} ms")
 
 
 def short_config(work_dir: Path) -> RunConfig:
-    """What CI runs: the loop with a tiny model, one SIGKILL, no Redis restart or load."""
+    """What CI runs: the loop with a tiny model, one SIGKILL, the forged records; no
+    Redis restart, load or overload."""
     return RunConfig(
         work_dir=work_dir,
         model="tiny",
@@ -859,7 +1177,7 @@ def short_config(work_dir: Path) -> RunConfig:
         garbage_per_topic=2,
         spike=0,
         kill=("inference",),
-        kill_redis=False,
+        redis_restarts=0,
         load_s=0.0,
         phase_timeout_s=300.0,
     )

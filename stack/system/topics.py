@@ -97,6 +97,7 @@ def dead_letters(messages: Iterable[Message]) -> list[DeadLetter]:
             letter.partition,
             letter.offset,
             hashlib.sha256(letter.original).hexdigest()[:16],
+            letter.detail,
         )
 
     return decode_each(messages, parse)

@@ -41,6 +41,7 @@ class Watcher:
         self._lock = threading.Lock()
         self._answers: dict[str, dict[str, Answer]] = {}  # doc id -> version -> first answer
         self._versions: list[tuple[events_pb2.ModelVersion, float]] = []
+        self._documents: list[events_pb2.Document] = []  # the first ones answered
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="e2e-watcher", daemon=True)
 
@@ -85,6 +86,8 @@ class Watcher:
             if topic == self._topics[0]:
                 pred = events_pb2.Prediction.FromString(value)
                 with self._lock:
+                    if pred.document.id not in self._answers and len(self._documents) < 1000:
+                        self._documents.append(pred.document)
                     seen = self._answers.setdefault(pred.document.id, {})
                     for p in pred.predictions:
                         seen.setdefault(p.version, Answer(p.version, p.label, now))
@@ -104,6 +107,11 @@ class Watcher:
     def answers(self, doc_id: str) -> dict[str, Answer]:
         with self._lock:
             return dict(self._answers.get(doc_id, {}))
+
+    def documents(self, limit: int) -> list[events_pb2.Document]:
+        """Documents already answered, as inference read them (to replay them)."""
+        with self._lock:
+            return list(self._documents[:limit])
 
     def first_answer_by(self, version: str) -> float | None:
         """When the first answer naming ``version`` was seen."""
@@ -129,11 +137,22 @@ class Watcher:
                 return f"{version.version}: {version.reason}"
         return None
 
-    def wait_answered(self, doc_ids: set[str], timeout_s: float) -> int:
-        """Wait until every document has an answer; return how many do."""
+    def wait_answered(self, doc_ids: set[str], timeout_s: float, idle_s: float = 120.0) -> int:
+        """Wait until every document has an answer; return how many do.
+
+        Gives up early once no new answer arrived for ``idle_s``: a document still
+        unanswered while everything else has been for minutes is lost, and the checks
+        say so, rather than the run waiting out the whole timeout.
+        """
         deadline = time.monotonic() + timeout_s
+        answered, moved = -1, time.monotonic()
         while time.monotonic() < deadline:
-            if self.answered(doc_ids) == len(doc_ids):
+            now_answered = self.answered(doc_ids)
+            if now_answered == len(doc_ids):
+                break
+            if now_answered != answered:
+                answered, moved = now_answered, time.monotonic()
+            elif time.monotonic() - moved > idle_s:
                 break
             time.sleep(0.5)
         return self.answered(doc_ids)

@@ -20,6 +20,7 @@ from confluent_kafka import Producer
 
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.kafka import Output, produce_and_wait
+from sentiflow.v1 import events_pb2
 from services.trainer.data import load_seed_split
 
 
@@ -182,6 +183,29 @@ def bad_http_inputs(n_each: int, max_record_bytes: int, tag: str) -> list[BadInp
 # Bytes no protobuf message decodes: a length prefix past the end, and a string field
 # holding invalid UTF-8 (a nested message for types whose field 1 is one).
 UNDECODABLE: tuple[bytes, ...] = (b"\x0a\xff\x01garbage", b"\x0a\x02\xff\xfe", b"\xff\xff\xff\xff")
+
+
+def direct_documents(docs: Sequence[LabeledDoc], source: str) -> list[events_pb2.Document]:
+    """Documents as any producer may write them straight to docs.raw (the Kafka path's
+    whole contract), bypassing ingest and its Redis dedup."""
+    out = []
+    for d in docs:
+        doc = events_pb2.Document(
+            id=f"{source}-{d.ref}", source=source, source_id=d.ref, text=d.text
+        )
+        doc.ingested_at.GetCurrentTime()
+        out.append(doc)
+    return out
+
+
+def produce_documents(
+    kafka: KafkaSettings, topic: str, docs: Sequence[events_pb2.Document]
+) -> list[str]:
+    """Write documents to docs.raw, keyed by id; returns their ids once acknowledged."""
+    producer = Producer(kafka.client_config())
+    outputs = [Output(topic, d.SerializeToString(), d.id.encode()) for d in docs]
+    produce_and_wait(producer, outputs, timeout_s=30)
+    return [d.id for d in docs]
 
 
 def raw_garbage(

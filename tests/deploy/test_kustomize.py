@@ -32,7 +32,14 @@ from tests.support.deploy import (
 )
 
 KUBERNETES_VERSION = "1.37.0"
-CUSTOM_KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic", "ScaledObject"}
+CUSTOM_KINDS = {
+    "Kafka",
+    "KafkaNodePool",
+    "KafkaTopic",
+    "KafkaUser",
+    "ScaledObject",
+    "TriggerAuthentication",
+}
 OVERLAYS = ("cpu", "gpu")
 Doc = dict[str, Any]
 
@@ -196,11 +203,15 @@ def test_secrets_are_referenced_never_shipped_and_documented(
 ) -> None:
     docs = rendered[overlay]
     assert not kinds(docs, "Secret")
+    # Kafka passwords live in the Secrets Strimzi's user operator makes per KafkaUser.
+    generated = set(kinds(docs, "KafkaUser"))
     keys = set()
     for deployment in kinds(docs, "Deployment").values():
         for env in container(deployment).get("env", []):
             ref = env.get("valueFrom", {}).get("secretKeyRef")
-            if ref:
+            if ref and ref["name"] in generated:
+                assert ref["key"] == "password"
+            elif ref:
                 assert ref["name"] == "sentiflow-secrets"
                 keys.add(ref["key"])
     assert {"inference-api-keys", "feedback-api-keys", "alerting-webhooks"} <= keys

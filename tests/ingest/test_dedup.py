@@ -145,6 +145,60 @@ def test_several_batches_in_one_round_trip_keep_their_order_and_reservations(
     assert b.reserve([("m1", "x"), ("m3", "hm3")]) == [Verdict.DUPLICATE_ID, Verdict.NEW]
 
 
+def test_a_reservation_asked_again_under_its_names_finds_its_leases_free(
+    redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    prefix = redis_settings.key_prefix
+    a = dedup(redis_client, prefix, "a")
+    docs = [("l1", "hl1"), (None, "hl2"), ("l1", "hl3"), ("l4", "hl1")]
+    names = [a.name_reservations(len(docs))]
+    (lost,) = a.reserve_many([docs], names)  # ran in Redis, as if its reply was lost
+    (again,) = a.reserve_many([docs], names)
+    expected = [Verdict.NEW, Verdict.NEW, Verdict.DUPLICATE_ID, Verdict.DUPLICATE_TEXT]
+    assert lost.verdicts == again.verdicts == expected
+    assert lost.names == again.names == names[0]
+    # Under another reservation, this process sees them in flight here: duplicates.
+    assert a.reserve([("l1", "x"), ("l9", "hl2")]) == [
+        Verdict.DUPLICATE_ID,
+        Verdict.DUPLICATE_TEXT,
+    ]
+    other = dedup(redis_client, prefix, "b")
+    assert other.reserve([("l1", "hl1")]) == [Verdict.BUSY]
+    # Once confirmed, its documents are seen, by the reservation itself too.
+    a.confirm([], again.names)
+    assert a.reserve_many([docs], names)[0].verdicts == [
+        Verdict.DUPLICATE_ID,
+        Verdict.DUPLICATE_TEXT,
+        Verdict.DUPLICATE_ID,
+        Verdict.DUPLICATE_TEXT,
+    ]
+    assert other.reserve([("l1", "hl1")]) == [Verdict.DUPLICATE_ID]
+
+
+def test_an_expired_lease_goes_to_whoever_asks_first_even_against_its_reservation(
+    redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    prefix = redis_settings.key_prefix
+    a = dedup(redis_client, prefix, "a", lease_s=0.3)
+    names = [a.name_reservations(1)]
+    assert a.reserve_many([[("e1", "he1")]], names)[0].verdicts == [Verdict.NEW]
+    time.sleep(0.4)
+    other = dedup(redis_client, prefix, "b")
+    assert other.reserve([("e1", "he1")]) == [Verdict.NEW]
+    assert a.reserve_many([[("e1", "he1")]], names)[0].verdicts == [Verdict.BUSY]
+
+
+def test_reservation_names_must_cover_every_thousand_documents(
+    redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    a = dedup(redis_client, redis_settings.key_prefix, "a")
+    docs = [(f"n{i}", f"hn{i}") for i in range(1001)]
+    assert len(a.name_reservations(len(docs))) == 2
+    assert a.name_reservations(0) == []
+    with pytest.raises(ValueError, match="1 reservation names for 2 chunks"):
+        a.reserve_many([docs], [a.name_reservations(1)])
+
+
 def test_scripts_are_loaded_again_after_redis_forgot_them(
     redis_client: redis.Redis, redis_settings: RedisSettings
 ) -> None:

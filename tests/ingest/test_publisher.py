@@ -251,42 +251,58 @@ class FakeProducer:
 
 @dataclass
 class FakeDedup:
-    """Deduplicator's contract in memory: a key is new once, then a duplicate; keys
-    in ``busy`` are leased elsewhere until they are taken out."""
+    """Deduplicator's contract in memory: a key is new once, then a duplicate, except
+    to the reservation that took it, asked again; keys in ``busy`` are leased
+    elsewhere until they are taken out."""
 
     busy: set[str] = field(default_factory=set)  # contents
     fail_reserve: int = 0  # the next calls raise, as with Redis down
+    lose_replies: int = 0  # the next calls run, then raise, as with a reply lost
     fail_confirm: int = 0
     ids: set[str] = field(default_factory=set)
     texts: set[str] = field(default_factory=set)
-    calls: int = 0
+    owners: dict[str, str] = field(default_factory=dict)  # id or content: reservation
+    named: int = 0
+    asked_names: list[list[list[str]]] = field(default_factory=list)  # per call
     confirmed: list[tuple[list[DedupKey], list[str]]] = field(default_factory=list)
     released: list[DedupKey] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def reserve_many(self, groups: Sequence[Sequence[DedupKey]]) -> list[Reservation]:
+    def name_reservations(self, n_docs: int) -> list[str]:
         with self.lock:
+            self.named += 1
+            return [f"r{self.named}"] if n_docs else []
+
+    def reserve_many(
+        self, groups: Sequence[Sequence[DedupKey]], names: Sequence[Sequence[str]]
+    ) -> list[Reservation]:
+        with self.lock:
+            self.asked_names.append([list(n) for n in names])
             if self.fail_reserve:
                 self.fail_reserve -= 1
                 raise redis.ConnectionError("redis down")
             out = []
-            for group in groups:
-                self.calls += 1
-                verdicts = [self._verdict(key) for key in group]
-                out.append(Reservation(verdicts, [f"r{self.calls}"]))
+            for group, (name,) in zip(groups, names, strict=True):
+                verdicts = [self._verdict(key, name) for key in group]
+                out.append(Reservation(verdicts, [name]))
+            if self.lose_replies:
+                self.lose_replies -= 1
+                raise redis.ConnectionError("connection reset before the reply")
             return out
 
-    def _verdict(self, key: DedupKey) -> Verdict:
+    def _verdict(self, key: DedupKey, name: str) -> Verdict:
         doc_id, content = key
-        if doc_id is not None and doc_id in self.ids:
+        if doc_id is not None and doc_id in self.ids and self.owners.get(doc_id) != name:
             return Verdict.DUPLICATE_ID
-        if content in self.texts:
+        if content in self.texts and self.owners.get(content) != name:
             return Verdict.DUPLICATE_TEXT
         if content in self.busy:
             return Verdict.BUSY
         if doc_id is not None:
             self.ids.add(doc_id)
+            self.owners[doc_id] = name
         self.texts.add(content)
+        self.owners[content] = name
         return Verdict.NEW
 
     def confirm(self, docs: Sequence[DedupKey], reservations: Sequence[str] = ()) -> None:
@@ -426,6 +442,40 @@ def test_redis_down_while_reserving_delays_but_loses_nothing(
     results = publish(run(producer, dedup), connector, docs)
     assert producer.values(DOCS) == [d.value for d in docs]
     assert results.done[0][1] == [Outcome.PUBLISHED] * 2
+
+
+def test_a_reservation_whose_reply_was_lost_is_asked_again_under_its_names(
+    run: Callable[..., Publisher], connector: str
+) -> None:
+    producer, dedup = FakeProducer(), FakeDedup(lose_replies=1)
+    docs = [doc("a"), doc("b", "id-b")]
+    results = publish(run(producer, dedup), connector, docs)
+    # Asked again as the same reservation, its own leases are its to publish.
+    assert dedup.asked_names == [[["r1"]], [["r1"]]]
+    assert producer.values(DOCS) == [d.value for d in docs]
+    assert results.done[0][1] == [Outcome.PUBLISHED] * 2
+    assert dedup.confirmed == [([], ["r1"])]
+    # A later batch asks under a reservation of its own: the same texts are duplicates.
+    again = publish(run(producer, dedup), connector, [doc("a")])
+    assert dedup.asked_names[-1] == [["r2"]]
+    assert again.done[0][1] == [Outcome.DUPLICATE]
+
+
+def test_closing_gives_back_what_redis_left_unanswered(
+    run: Callable[..., Publisher], connector: str
+) -> None:
+    producer, dedup = FakeProducer(), FakeDedup(fail_reserve=1000)
+    publisher = run(producer, dedup, flush_timeout_s=0.2)
+    item = doc("maybe leased")
+    results = Results()
+    publisher.submit(Batch(connector, [item], results))
+    deadline = time.monotonic() + 10
+    while not dedup.asked_names and time.monotonic() < deadline:
+        time.sleep(0.01)
+    publisher.close()
+    assert results.done[0][1] == [Outcome.FAILED]
+    # Unanswered is not unleased (the reply may be what was lost): given back too.
+    assert dedup.released == [(None, item.content)]
 
 
 def test_a_batch_is_done_only_once_redis_confirmed_it(

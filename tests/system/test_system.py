@@ -4,7 +4,9 @@ This is the short version of ``python -m bench.bench_e2e`` (the same runner,
 ``stack.system``, with a tiny random model and a permissive gate): documents in, each
 answered once per version, one kill with nothing lost, bad input dead-lettered once
 each, access refused without a key, corrections from two users turned into a version by the trainer,
-inference switched to it and later documents answered by it.
+inference switched to it and later documents answered by it; then forged model.versions
+records (outside the registry, a ``..`` escape, reversed labels, unsigned, signed with
+another key, oversized), each refused while the genuine version keeps answering.
 """
 
 from __future__ import annotations
@@ -35,3 +37,8 @@ def test_loop_across_processes_with_a_kill(tmp_path: Path) -> None:
     assert v["later_docs"] > 0
     assert v["later_docs_by_new_version"] == v["later_docs"]
     assert all(lag == 0 for lag in v["lag_end"].values())
+    assert v["transient_dead_letters"] == 0
+    forged = v["forged"]
+    assert forged["refused"] == len(forged["records"]) == 6
+    assert forged["later_docs_by_version"] == {v["new_version"]: forged["later_docs"]}
+    assert v["forged_versions_served"] == 0
