@@ -19,6 +19,9 @@ class TrainerOptions(BaseModel):
     group: str = "trainer"
     check_interval_s: float = Field(default=1.0, gt=0)
     retry_after_s: float = Field(default=60.0, ge=0, description="after a failed round")
+    # Added to the process's scheduling niceness at start: a round then takes the cores
+    # inference leaves idle rather than the ones it needs, and 0 keeps the priority.
+    nice: int = Field(default=10, ge=0, le=19)
     # When a round starts (this many new settled examples, or any after max_interval_s,
     # once the flow paused for quiet_s or the oldest waited max_wait_s), how it
     # fine-tunes (``train``, from ``start_from``) and what the gate asks (``gate``): e.g.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -194,6 +194,42 @@ def label_ids(model: PreTrainedModel, labels: Sequence[str]) -> list[int]:
     return [label2id[label] for label in labels]
 
 
+def class_weights(targets: Sequence[int], n_classes: int) -> list[float]:
+    """Inverse-frequency weights, ``n / (classes * count)``, 1.0 for an absent class.
+
+    They average to one over the examples, so the loss keeps its scale and the
+    learning rate its meaning.
+    """
+    counts = [0] * n_classes
+    for t in targets:
+        counts[t] += 1
+    present = sum(1 for c in counts if c)
+    return [len(targets) / (present * c) if c else 1.0 for c in counts]
+
+
+def interpolate(model: nn.Module, start: Mapping[str, torch.Tensor], weight: float) -> None:
+    """Move ``model``'s floating-point weights to ``weight * tuned + (1 - weight) * start``.
+
+    Averaging a fine-tuned model with the checkpoint it started from (WiSE-FT, Wortsman
+    et al. 2022) keeps most of what it learnt on the new data and much of what it knew
+    before: on the news-headline domain it cut the seed tweets' loss of accuracy by
+    more than it cut the headline gain (bench/bench_recipes.py).
+    """
+    if not 0 < weight <= 1:
+        raise ValueError("the interpolation weight must be in (0, 1]")
+    if weight == 1:
+        return
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.mul_(weight).add_(start[name].to(tensor.device), alpha=1 - weight)
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the weights, for :func:`interpolate` after training."""
+    return {name: t.detach().clone() for name, t in model.state_dict().items()}
+
+
 def _set_training(model: PreTrainedModel, mode: bool) -> None:
     model.train(mode)
 
@@ -246,6 +282,10 @@ def train(
     total_steps = max(1, round(steps_per_epoch * config.epochs))
     warmup_steps = int(total_steps * config.warmup_ratio)
 
+    weights = None
+    if config.class_weighting == "balanced":
+        n_classes = len(label_names(model))
+        weights = torch.tensor(class_weights(targets, n_classes), device=device)
     optimizer = torch.optim.AdamW(_parameter_groups(model, config), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(config.schedule, warmup_steps, total_steps)
@@ -268,7 +308,7 @@ def train(
                 batch_labels = torch.tensor([targets[i] for i in batch_idx], device=device)
                 with _autocast(precision, device):
                     logits = model(**batch).logits
-                loss = nn.functional.cross_entropy(logits.float(), batch_labels)
+                loss = nn.functional.cross_entropy(logits.float(), batch_labels, weight=weights)
                 optimizer.zero_grad(set_to_none=True)
                 torch.autograd.backward(scaler.scale(loss))
                 scaler.unscale_(optimizer)

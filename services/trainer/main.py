@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
+from sentiflow.cpus import usable_cpus
 from sentiflow.health import HealthServer
 from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.logs import setup_logging
@@ -28,7 +30,20 @@ def build(settings: TrainerSettings) -> Trainer:
     )
 
 
+def share_the_machine(nice: int) -> None:
+    """Train on the cores this process may use (cgroup quota and affinity, not the
+    host's count, which oversubscribes a container), at a priority below the
+    services that answer users, so a round takes what inference leaves idle."""
+    import torch
+
+    threads = usable_cpus()
+    torch.set_num_threads(threads)
+    niceness = os.nice(nice)
+    log.info("training on %d threads at niceness %d", threads, niceness)
+
+
 def run(settings: TrainerSettings, stop: threading.Event) -> int:
+    share_the_machine(settings.trainer.nice)
     trainer = build(settings)
     registry = open_registry(settings.registry)
 

@@ -7,7 +7,8 @@
 2. Replay: a sample of the seed training set, sized to the feedback, is mixed in so
    the model does not forget what it knew.
 3. Fine-tune from the checkpoint the recipe names (production, or the bootstrap
-   version at the root of its lineage).
+   version at the root of its lineage), then average the result with that checkpoint
+   (``interpolation``), which keeps much of what the model knew.
 4. Both models label the same held-out sets; the gate decides (``gate.decide``).
 5. Register the candidate as production or rejected, with the gate's record and reason.
 A round that raises leaves the registry untouched: nothing is saved until step 5.
@@ -28,7 +29,7 @@ from sentiflow.models.registry import ModelRegistry, Stage, VersionInfo
 from sentiflow.models.scores import classification_report
 from services.trainer.data import in_holdout
 from services.trainer.examples import Example
-from services.trainer.finetune import ProgressCallback, predict, train
+from services.trainer.finetune import ProgressCallback, interpolate, predict, snapshot, train
 from services.trainer.gate import FEEDBACK_SET, SEED_SET, Paired, Verdict, decide
 from services.trainer.recipe import RoundConfig
 
@@ -202,6 +203,7 @@ def run_round(
     del base_model
     # Fine-tune a copy: the registry load gives a fresh model, production is untouched.
     candidate, cand_tokenizer = registry.load(model_name, start.version)
+    start_weights = snapshot(candidate) if config.interpolation < 1 else {}
     outcome = train(
         candidate,
         cand_tokenizer,
@@ -211,6 +213,8 @@ def run_round(
         progress=progress,
         on_step=on_step,
     )
+    interpolate(candidate, start_weights, config.interpolation)
+    del start_weights
     classes = label_names(candidate)
     candidate_predictions = _predictions(candidate, cand_tokenizer, sets, config)
     candidate_scores = _reports(sets, candidate_predictions, classes)
@@ -230,6 +234,7 @@ def run_round(
             "parent_evaluations": production_scores,
             "gate": verdict.record,
             "started_from": start.version,
+            "interpolation": config.interpolation,
             "training_examples": len(data.train_texts),
             "feedback_examples": data.feedback_examples,
             "new_examples": data.new_examples,

@@ -12,11 +12,14 @@ import torch
 from services.trainer.finetune import (
     TrainProgress,
     bucketed_batches,
+    class_weights,
     cpu_has_native_bf16,
     evaluate,
+    interpolate,
     lr_lambda,
     predict,
     resolve_precision,
+    snapshot,
     train,
 )
 from services.trainer.recipe import TrainConfig
@@ -48,6 +51,36 @@ def test_training_lowers_the_loss(tmp_path: Path) -> None:
     last = sum(result.loss_history[-3:]) / 3
     assert last < first * 0.6
     assert evaluate(model, tokenizer, TEXTS, LABELS)["accuracy"] >= 0.75
+
+
+def test_class_weights_lift_rare_labels_and_average_to_one() -> None:
+    weights = class_weights([0, 0, 0, 1, 2, 2], 4)
+    assert weights[1] > weights[2] > weights[0]
+    counts = [3, 1, 2]
+    assert sum(w * c for w, c in zip(weights, counts, strict=False)) == pytest.approx(6)
+    assert weights[3] == 1.0  # a class with no examples keeps weight one
+
+
+def test_balanced_training_still_learns(tmp_path: Path) -> None:
+    model, tokenizer = make_tiny_classifier(tmp_path)
+    config = dataclasses.replace(FAST, class_weighting="balanced")
+    result = train(model, tokenizer, TEXTS[:8] + NEUTRAL[:1], LABELS[:9], config, progress=False)
+    assert sum(result.loss_history[-3:]) < sum(result.loss_history[:3])
+
+
+def test_interpolation_averages_the_tuned_weights_with_the_start(tmp_path: Path) -> None:
+    model, tokenizer = make_tiny_classifier(tmp_path)
+    start = snapshot(model)
+    train(model, tokenizer, TEXTS, LABELS, dataclasses.replace(FAST, epochs=2), progress=False)
+    tuned = snapshot(model)
+    interpolate(model, start, 1.0)
+    assert torch.equal(model.classifier.weight, tuned["classifier.weight"])
+    interpolate(model, start, 0.25)
+    expected = 0.25 * tuned["classifier.weight"] + 0.75 * start["classifier.weight"]
+    assert torch.allclose(model.classifier.weight, expected, atol=1e-6)
+    assert not torch.allclose(expected, start["classifier.weight"])
+    with pytest.raises(ValueError, match="interpolation weight"):
+        interpolate(model, start, 0.0)
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path: Path) -> None:
