@@ -12,6 +12,7 @@ from sentiflow.config import Settings
 
 Engine = Literal[
     "onnx-int8-static",
+    "onnx-int8-rows",
     "onnx-int8-dynamic",
     "onnx-fp32",
     "onnx-cuda-fp32",

@@ -75,7 +75,8 @@ def test_the_served_engine_answers_each_text_as_it_would_alone(
 
 
 @pytest.mark.parametrize(
-    ("engine", "invariant"), [("onnx-int8-static", True), ("onnx-int8-dynamic", False)]
+    ("engine", "invariant"),
+    [("onnx-int8-static", True), ("onnx-int8-rows", True), ("onnx-int8-dynamic", False)],
 )
 def test_int8_is_batch_invariant_only_with_static_scales(
     checkpoint: Path, options: InferenceOptions, engine: Engine, invariant: bool
@@ -98,7 +99,7 @@ def test_selection_times_every_candidate_and_serves_an_eligible_one(
     assert choice.source == "timed"
     assert choice.threads == 1
     timed = {t.engine for t in choice.trials}
-    assert {"torch-fp32", "onnx-fp32", "onnx-int8-static"} <= timed
+    assert {"torch-fp32", "onnx-fp32", "onnx-int8-static", "onnx-int8-rows"} <= timed
     assert "onnx-int8-dynamic" not in timed
     chosen = choice.trial_of(choice.engine)
     assert chosen is not None
@@ -223,7 +224,12 @@ def test_an_unchecked_candidate_is_never_eligible() -> None:
 
 def test_candidates_follow_the_hardware() -> None:
     plain = Machine("cpu", "cpu", frozenset({"avx2"}))
-    assert engines.candidates(plain) == ["torch-fp32", "onnx-fp32", "onnx-int8-static"]
+    assert engines.candidates(plain) == [
+        "torch-fp32",
+        "onnx-fp32",
+        "onnx-int8-static",
+        "onnx-int8-rows",
+    ]
     amx = Machine("cpu", "cpu", frozenset({"avx512f", "amx_bf16"}))
     assert "torch-bf16" in engines.candidates(amx)
     gpu = Machine(
