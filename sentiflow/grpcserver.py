@@ -145,12 +145,15 @@ def create_server(
     """Build and bind a server; returns it with the bound port (``address`` may end in :0).
 
     Health starts NOT_SERVING for every service: the caller flips it to SERVING once
-    it can really answer (e.g. a model is loaded).
+    it can really answer (e.g. a model is loaded). A call beyond ``max_workers`` in
+    flight is refused at once with RESOURCE_EXHAUSTED: queued behind busy workers it
+    would only spend its deadline where no handler can see it, let alone refuse it.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         handlers=list(handlers),
         interceptors=[AuthInterceptor(keys, limiter)],
+        maximum_concurrent_rpcs=max_workers,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

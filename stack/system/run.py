@@ -626,11 +626,23 @@ def _submit(plan: LocalStackPlan, corrections: list[tuple[str, str]]) -> dict[st
                     )
                     for d, label in corrections[i : i + 200]
                 ]
-                for res in client.submit_batch(items):
-                    if res.code == 0:
-                        accepted += 1
-                    else:
-                        errors[res.error[:60]] = errors.get(res.error[:60], 0) + 1
+                # A document answered on docs.scored reaches the feedback store a moment
+                # later (longer while the store catches up after a Redis outage): a
+                # label for one it does not know yet is sent again, as a labelling
+                # tool showing only stored documents would never have sent it early.
+                deadline = time.monotonic() + 120
+                while items:
+                    retry = []
+                    for item, res in zip(items, client.submit_batch(items), strict=True):
+                        if res.code == 0:
+                            accepted += 1
+                        elif "unknown document" in res.error and time.monotonic() < deadline:
+                            retry.append(item)
+                        else:
+                            errors[res.error[:60]] = errors.get(res.error[:60], 0) + 1
+                    items = retry
+                    if items:
+                        time.sleep(1.0)
     return {"accepted": accepted, "errors": errors}
 
 
