@@ -112,9 +112,11 @@ def test_rounds_promote_better_models_reject_worse_ones_and_rollback_works(
                 quiet_s=1.0,
                 train=RoundTrainConfig(epochs=6, learning_rate=5e-3),
                 gate=GateConfig(min_holdout=20, min_improvement=0.02, forgetting_budget=0.05),
-                # No replay, so a poisoned round is trained on feedback alone (the good
-                # examples and the poison): the gate, not the seed mix, must stop it.
+                # No replay and no averaging with the starting weights, so a poisoned
+                # round is trained on feedback alone (the good examples and the poison)
+                # and keeps all its damage: the gate, not the recipe, must stop it.
                 replay_ratio=0.0,
+                interpolation=1.0,
             ),
         ),
     )
