@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sentiflow_client.v1 import events_pb2
 
 from bench.report import percentile, table, write
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.topics import ensure_topics, topic_specs
-from sentiflow.v1 import events_pb2
 from services.alerting.config import AlertingOptions
 from services.alerting.detector import Detector, DetectorConfig, Observation
 from stack import devstack

@@ -34,13 +34,13 @@ from typing import Any
 
 import grpc
 import redis
+from sentiflow_client.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc
 
 from bench.report import percentile, table, write
 from sentiflow.apikeys import api_keys
 from sentiflow.config import KafkaSettings, RedisSettings, TopicNames
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.topics import ensure_topics, topic_specs
-from sentiflow.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc
 from services.feedback.config import FeedbackOptions
 from services.feedback.keys import Keys
 from services.feedback.state import FeedbackState

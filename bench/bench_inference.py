@@ -32,6 +32,8 @@ from pathlib import Path
 
 import grpc
 from confluent_kafka import Consumer
+from sentiflow_client import ClassifierClient
+from sentiflow_client.v1 import classifier_pb2, classifier_pb2_grpc, events_pb2
 
 from bench.loadgen import run_fixed_rate
 from bench.report import percentile, table, write
@@ -39,10 +41,8 @@ from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.kafka import Output, consumer_config, make_producer, produce
 from sentiflow.models.registry import Registry
 from sentiflow.topics import ensure_topics, topic_specs
-from sentiflow.v1 import classifier_pb2, classifier_pb2_grpc, events_pb2
 from services.inference.backends import OnnxRunner, TextRunner
 from services.inference.batcher import Batcher
-from services.inference.client import ClassifierClient
 from services.inference.config import InferenceOptions
 from services.inference.engines import Loaded, describe, load_engine, mixed_batches
 from services.inference.models import queue_items

@@ -39,13 +39,14 @@ from bench.report import table, write
 from sentiflow.config import KafkaSettings, RedisSettings, TopicNames
 from sentiflow.kafka import make_producer
 from sentiflow.redisclient import connect
+from sentiflow.seed import seed_dir
 from sentiflow.topics import ensure_topics, topic_specs
 from services.ingest.config import FieldMap, IngestOptions, IngestSettings
 from services.ingest.connectors.files import FilesConnector, default_source
 from services.ingest.main import make_builder, run_files, start_runtime
 from stack import devstack
 
-SEED = Path(__file__).resolve().parent.parent / "data" / "twitter-financial-news" / "train.csv"
+SEED = seed_dir() / "train.csv"
 
 
 def make_input(path: Path, n_docs: int) -> int:

@@ -44,6 +44,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sentiflow_client import ClassifierClient, FeedbackClient, signal_request
+from sentiflow_client.v1 import events_pb2
+from sentiflow_client.v1 import events_pb2 as client_events
+
 from bench.bench_recipes import PREVIOUS, read_domain
 from bench.report import table, write
 from sentiflow.config import KafkaSettings, TopicNames
@@ -52,9 +56,6 @@ from sentiflow.models.registry import Registry
 from sentiflow.models.scores import classification_report
 from sentiflow.readback import read_topic
 from sentiflow.topics import admin_client, create_topics, topic_specs
-from sentiflow.v1 import events_pb2, feedback_pb2
-from services.feedback.client import FeedbackClient
-from services.inference.client import ClassifierClient
 from services.trainer.data import in_holdout, load_seed_split
 from services.trainer.examples import Example
 from services.trainer.finetune import interpolate, predict, snapshot, train
@@ -135,7 +136,7 @@ class System:
     def serving(self) -> str:
         with ClassifierClient(self.plan.grpc_address("inference"), timeout_s=30) as client:
             for version in client.get_model("sentiment"):
-                if version.stage == events_pb2.MODEL_STAGE_PRODUCTION:
+                if version.stage == client_events.MODEL_STAGE_PRODUCTION:
                     return version.version
         return ""
 
@@ -169,12 +170,7 @@ class System:
         accepted = 0
         with FeedbackClient(self.plan.grpc_address("feedback"), api_key=key, timeout_s=60) as c:
             for i in range(0, len(labels), 250):
-                items = [
-                    feedback_pb2.SubmitRequest(
-                        doc_id=d, label=label, kind=events_pb2.FEEDBACK_KIND_CORRECT
-                    )
-                    for d, label in labels[i : i + 250]
-                ]
+                items = [signal_request(d, label) for d, label in labels[i : i + 250]]
                 for attempt in range(30):
                     results = c.submit_batch(items)
                     refused = [item for item, r in zip(items, results, strict=True) if r.code != 0]

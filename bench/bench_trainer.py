@@ -25,6 +25,8 @@ import time
 import uuid
 from pathlib import Path
 
+from sentiflow_client.v1 import events_pb2
+
 from bench.report import table, write
 from sentiflow.config import KafkaSettings, RegistrySettings, TopicNames
 from sentiflow.kafka import Output, make_producer, produce_and_wait
@@ -32,7 +34,6 @@ from sentiflow.models.publish import Publisher
 from sentiflow.models.registry import Registry
 from sentiflow.readback import read_topic
 from sentiflow.topics import ensure_topics, topic_specs
-from sentiflow.v1 import events_pb2
 from services.trainer.bootstrap import bootstrap
 from services.trainer.config import TrainerOptions, TrainerSettings
 from services.trainer.data import load_seed_split

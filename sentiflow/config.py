@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,6 +40,20 @@ class KafkaSettings(_Section):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # TLS (security_protocol SSL or SASL_SSL), PEM files. ssl_ca_file: the CA that signed
+    # the brokers' certificates (Strimzi: the cluster CA secret's ca.crt); unset, the
+    # system's trusted roots. ssl_cert_file/ssl_key_file: this client's certificate and
+    # key, for mTLS (Strimzi: a KafkaUser with authentication type tls, user.crt and
+    # user.key); ssl_key_password if the key is encrypted.
+    ssl_ca_file: Path | None = None
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    # Further librdkafka properties, passed through over the connection properties
+    # above, e.g. {"ssl.endpoint.identification.algorithm": "none"}; what a producer or
+    # consumer sets for correctness (commits, idempotence) still wins. Faust does not
+    # read these.
+    extra_config: dict[str, str | int | float | bool] = Field(default_factory=dict)
     # Group joins take about half the session timeout on the embedded broker, so the
     # librdkafka default (45 s) would make every start and failover crawl.
     session_timeout_ms: int = 6000
@@ -65,7 +79,83 @@ class KafkaSettings(_Section):
             conf["sasl.username"] = self.sasl_username
         if self.sasl_password:
             conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_file:
+            conf["ssl.ca.location"] = str(self.ssl_ca_file)
+        if self.ssl_cert_file:
+            conf["ssl.certificate.location"] = str(self.ssl_cert_file)
+        if self.ssl_key_file:
+            conf["ssl.key.location"] = str(self.ssl_key_file)
+        if self.ssl_key_password:
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        conf.update(self.extra_config)
         return conf
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> KafkaSettings:
+        uses_tls = self.security_protocol.endswith("SSL")
+        files = (self.ssl_ca_file, self.ssl_cert_file, self.ssl_key_file)
+        if not uses_tls and any(f is not None for f in files):
+            raise ValueError(
+                f"ssl_* files are set but security_protocol is {self.security_protocol}: "
+                "use SSL or SASL_SSL"
+            )
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError(
+                "a client certificate needs its key: set ssl_cert_file and ssl_key_file"
+            )
+        return self
+
+
+class GrpcTlsSettings(_Section):
+    """TLS for a service's gRPC server; plaintext unless ``cert_file`` and ``key_file``.
+
+    PEM files (the key unencrypted), read when the server starts: a renewed
+    certificate is picked up by a restart. With ``client_ca_file`` set the server
+    requires a client certificate signed by that CA (mTLS) and refuses a connection
+    without one.
+    """
+
+    cert_file: Path | None = None  # the server's certificate chain
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _check(self) -> GrpcTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("gRPC TLS needs both cert_file and key_file")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file (mTLS) needs the server's cert_file and key_file")
+        return self
+
+
+class GrpcClientTlsSettings(_Section):
+    """TLS for a service's calls to another service's gRPC server (the console to
+    feedback): the client side of :class:`GrpcTlsSettings`.
+
+    ``enabled`` alone trusts the system roots; ``ca_file`` a private CA instead.
+    ``cert_file`` and ``key_file`` are presented to a server that requires mTLS, and
+    ``server_name`` is the name to check the server certificate for when the address
+    is not that name.
+    """
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> GrpcClientTlsSettings:
+        configured = (self.ca_file, self.cert_file, self.key_file, self.server_name)
+        if not self.enabled and any(v is not None for v in configured):
+            raise ValueError("TLS files or server_name are set but enabled is false")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs its key: set cert_file and key_file")
+        return self
 
 
 class RedisSettings(_Section):
@@ -127,6 +217,11 @@ class RegistrySettings(_Section):
     # Artifacts larger than this are refused before any file is hashed, so a record
     # naming a huge directory cannot keep the loader busy.
     max_artifact_bytes: int = Field(default=2 * 1024**3, ge=1)
+    # Write each new version's fp32 ONNX graph (model.onnx, output "logits") into its
+    # folder, under the manifest, for ONNX Runtime users and inference's ONNX engines;
+    # false saves a few seconds and a file the size of the weights per version, and
+    # inference then exports the graph itself on first use.
+    export_onnx: bool = True
 
 
 class DevStackSettings(_Section):
@@ -151,6 +246,8 @@ class Settings(BaseSettings):
 
     service_name: str = "sentiflow"
     kafka: KafkaSettings = KafkaSettings()
+    # Used by every service that serves gRPC (SENTIFLOW_GRPC_TLS__CERT_FILE, ...).
+    grpc_tls: GrpcTlsSettings = GrpcTlsSettings()
     redis: RedisSettings = RedisSettings()
     topics: TopicNames = TopicNames()
     registry: RegistrySettings = RegistrySettings()

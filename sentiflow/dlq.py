@@ -8,10 +8,10 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.errors import InvalidInputError, Reason
 from sentiflow.kafka import Output, Record
-from sentiflow.v1 import events_pb2
 
 __all__ = [
     "MAX_ORIGINAL_BYTES",

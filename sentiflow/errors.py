@@ -15,8 +15,7 @@ from typing import TypeAlias
 import grpc
 import redis
 from confluent_kafka import KafkaError, KafkaException
-
-from sentiflow.v1 import events_pb2
+from sentiflow_client.v1 import events_pb2
 
 Reason: TypeAlias = events_pb2.RejectReason.ValueType
 """A dead-letter reason, from the fixed set docs.dlq records carry."""

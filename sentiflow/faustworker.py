@@ -78,11 +78,32 @@ class StartupError(RuntimeError):
     """The worker cannot run as configured; the message says what to fix."""
 
 
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
+    """The TLS context aiokafka connects with: the same trust and client certificate as
+    the librdkafka clients (``KafkaSettings.client_config``).
+
+    A configured CA replaces the system roots, as ``ssl.ca.location`` does for
+    librdkafka, so both kinds of client trust exactly the same brokers.
+    """
+    context = ssl.create_default_context(
+        cafile=str(kafka.ssl_ca_file) if kafka.ssl_ca_file else None
+    )
+    if kafka.ssl_cert_file is not None:
+        context.load_cert_chain(
+            str(kafka.ssl_cert_file),
+            str(kafka.ssl_key_file) if kafka.ssl_key_file else None,
+            password=(
+                kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None
+            ),
+        )
+    return context
+
+
 def credentials(kafka: KafkaSettings) -> Any:
     """Faust's credentials for the configured security protocol (None: plaintext)."""
     if kafka.security_protocol == "PLAINTEXT":
         return None
-    context = ssl.create_default_context() if kafka.security_protocol.endswith("SSL") else None
+    context = ssl_context(kafka) if kafka.security_protocol.endswith("SSL") else None
     if kafka.security_protocol == "SSL":
         return faust.SSLCredentials(context)
     return faust.SASLCredentials(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 ReadinessProbe = Callable[[], tuple[bool, dict[str, object]]]
@@ -45,8 +45,27 @@ def readiness(ok: bool, detail: Mapping[str, object]) -> Answer:
     return Answer(200 if ok else 503, body, JSON)
 
 
-def metrics(registry: CollectorRegistry = REGISTRY) -> Answer:
-    return Answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+def readiness_metric(ok: bool) -> bytes:
+    """``sentiflow_ready``: what ``/readyz`` answers now, for alerts and dashboards.
+
+    Computed at scrape time from the same probe as ``/readyz``, so the two never
+    disagree, and outside the shared registry, which knows nothing of the probe.
+    """
+    registry = CollectorRegistry()
+    gauge = Gauge("sentiflow_ready", "1 while /readyz answers 200", registry=registry)
+    gauge.set(1 if ok else 0)
+    return generate_latest(registry)
+
+
+def metrics(registry: CollectorRegistry = REGISTRY, ready: ReadinessProbe | None = None) -> Answer:
+    body = generate_latest(registry)
+    if ready is not None:
+        try:
+            ok = ready()[0]
+        except Exception:  # a probe that cannot tell is not ready
+            ok = False
+        body += readiness_metric(ok)
+    return Answer(200, body, CONTENT_TYPE_LATEST)
 
 
 def answer(
@@ -59,7 +78,7 @@ def answer(
     if path == "/readyz":
         return readiness(*ready())
     if path == "/metrics":
-        return metrics(registry)
+        return metrics(registry, ready)
     return None
 
 

@@ -31,12 +31,12 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import Rejection, dlq_output, rejection_of
 from sentiflow.errors import InvalidInputError, is_transient
 from sentiflow.kafka import DeliveryError, Output, Record, flush, produce
 from sentiflow.offsets import OffsetTracker, TopicPartitionKey
-from sentiflow.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 

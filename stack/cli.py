@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -16,7 +16,22 @@ from typing import TYPE_CHECKING, cast
 from sentiflow.config import Settings, explicitly_set
 from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.logs import setup_logging
-from stack.servicehelp import SentiflowParser, add_config_argument, apply_config, describe_service
+from stack.servicehelp import (
+    BOOTSTRAP_SERVERS,
+    KAFKA_OPTIONS,
+    METRICS_PORT,
+    REDIS_URL,
+    REGISTRY_URI,
+    TOPIC_PREFIX,
+    SentiflowParser,
+    SettingOption,
+    add_config_argument,
+    add_setting_options,
+    apply_config,
+    apply_setting_options,
+    default_from_setting,
+    describe_service,
+)
 
 if TYPE_CHECKING:
     from stack.dlqtools import Selection
@@ -458,6 +473,89 @@ def _add_dlq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     redrive.set_defaults(func=_dlq_redrive)
 
 
+def _service_options(*extra: SettingOption) -> tuple[SettingOption, ...]:
+    return (*KAFKA_OPTIONS, *extra, METRICS_PORT)
+
+
+def _grpc_address(section: str) -> SettingOption:
+    return SettingOption(
+        "--grpc-address", f"{section}.grpc_address", "HOST:PORT", "where the gRPC API listens"
+    )
+
+
+# The main settings of each command as options, by command path. Ingest's connectors
+# and the demo bring their own; the demo starts its own stack, so takes none of these.
+COMMAND_OPTIONS: dict[str, tuple[SettingOption, ...]] = {
+    "dev up": (TOPIC_PREFIX,),
+    "topics create": KAFKA_OPTIONS,
+    "topics list": (BOOTSTRAP_SERVERS,),
+    "topics wait": KAFKA_OPTIONS,
+    "topics tail": KAFKA_OPTIONS,
+    "topics lag": KAFKA_OPTIONS,
+    "dlq list": KAFKA_OPTIONS,
+    "dlq redrive": KAFKA_OPTIONS,
+    "train bootstrap": (REGISTRY_URI, *KAFKA_OPTIONS),
+    "models list": (REGISTRY_URI,),
+    "models show": (REGISTRY_URI,),
+    "models promote": (REGISTRY_URI, *KAFKA_OPTIONS),
+    "models rollback": (REGISTRY_URI, *KAFKA_OPTIONS),
+    "trainer": _service_options(REGISTRY_URI),
+    "inference": _service_options(REDIS_URL, REGISTRY_URI, _grpc_address("inference")),
+    "alerting": _service_options(),
+    "feedback": _service_options(REDIS_URL, _grpc_address("feedback")),
+    "feedback-aggregator": _service_options(REDIS_URL),
+    "console": _service_options(
+        REGISTRY_URI,
+        SettingOption("--port", "console.port", "PORT", "the web console's HTTP port", int),
+        SettingOption(
+            "--feedback-address",
+            "console.feedback_address",
+            "HOST:PORT",
+            "the feedback service, for the review queue",
+        ),
+    ),
+    **{
+        f"ingest {connector}": (*KAFKA_OPTIONS, REDIS_URL, METRICS_PORT)
+        for connector in ("files", "http", "rss", "stdin")
+    },
+}
+# Options that exist already and default to a setting when left out.
+SETTING_DEFAULTS = {
+    "dev up": {
+        "kafka_port": "dev.kafka_port",
+        "redis_port": "dev.redis_port",
+        "state_dir": "dev.state_dir",
+    },
+    "dev down": {"state_dir": "dev.state_dir"},
+}
+NO_CONFIG = frozenset({"demo"})
+
+
+def leaf_commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every runnable command as ("topics tail", its parser)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs and path:
+        yield " ".join(path), parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from leaf_commands(child, (*path, name))
+
+
+def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+    for command, leaf in leaf_commands(parser):
+        if command in NO_CONFIG:
+            continue
+        if "--config" not in leaf._option_string_actions:
+            add_config_argument(leaf)
+        add_setting_options(leaf, COMMAND_OPTIONS.get(command, ()))
+        defaults = SETTING_DEFAULTS.get(command, {})
+        for action in leaf._actions:
+            if action.dest in defaults:
+                default_from_setting(leaf, action, defaults[action.dest])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = SentiflowParser(
         prog="sentiflow",
@@ -473,14 +571,18 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="the embedded broker and Redis for one machine")
     dev_sub = dev.add_subparsers(dest="action", required=True)
     up = dev_sub.add_parser("up", help="start broker and Redis, create topics")
-    up.add_argument("--kafka-port", type=int, default=None)
-    up.add_argument("--redis-port", type=int, default=None)
-    up.add_argument("--state-dir", default=None, help="where logs and state go")
+    up.add_argument(
+        "--kafka-port", type=int, default=None, metavar="PORT", help="the embedded broker's port"
+    )
+    up.add_argument("--redis-port", type=int, default=None, metavar="PORT", help="Redis's port")
+    up.add_argument("--state-dir", default=None, metavar="DIR", help="where logs and state go")
     up.add_argument("--detach", action="store_true", help="return once ready; stop with 'down'")
     up.add_argument("--force", action="store_true", help="ignore a stale state file")
     up.set_defaults(func=_dev_up)
     down = dev_sub.add_parser("down", help="stop the stack started by 'dev up'")
-    down.add_argument("--state-dir", default=None)
+    down.add_argument(
+        "--state-dir", default=None, metavar="DIR", help="where 'up' left its state file"
+    )
     down.set_defaults(func=_dev_down)
 
     topics = sub.add_parser("topics", help="create, list, tail the topics; consumer lag")
@@ -549,6 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_demo_arguments(demo)
     demo.set_defaults(func=_demo)
+    _add_setting_options(parser)
     return parser
 
 
@@ -558,6 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    apply_setting_options(args)
     settings = Settings()
     setup_logging("cli", settings.log_level, "console")
     func: Command = args.func

@@ -238,9 +238,9 @@ class AlertWatcher:
 
     def _run(self) -> None:
         from google.protobuf.message import DecodeError
+        from sentiflow_client.v1 import events_pb2
 
         from sentiflow.kafka import make_consumer
-        from sentiflow.v1 import events_pb2
 
         topics = TopicNames()
         consumer = make_consumer(self._kafka, f"demo-watch-{uuid.uuid4().hex[:8]}")
@@ -264,7 +264,7 @@ class AlertWatcher:
 
 
 def describe_alert(alert: object) -> str:
-    from sentiflow.v1 import events_pb2
+    from sentiflow_client.v1 import events_pb2
 
     assert isinstance(alert, events_pb2.Alert)
     kind = events_pb2.AlertKind.Name(alert.kind).removeprefix("ALERT_KIND_").lower()

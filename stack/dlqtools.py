@@ -18,11 +18,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message
 from google.protobuf.message import DecodeError
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings
 from sentiflow.dlq import reason_name
 from sentiflow.kafka import make_producer
-from sentiflow.v1 import events_pb2
 from stack.topictools import (
     ADMIN_TIMEOUT_S,
     ToolError,

@@ -1,9 +1,16 @@
-"""``--help`` and ``--config`` for the service subcommands.
+"""``--help``, ``--config`` and the setting options of the subcommands.
 
 A service takes its options from settings, not flags, so its help lists the
 settings: every ``SENTIFLOW_<SERVICE>__*`` variable with its default, read from the
 service's own settings class so the list cannot drift from the code. Those classes
 are imported only when help is printed, which keeps ``sentiflow`` quick to start.
+
+The main settings of each command (brokers, topic prefix, Redis, registry, ports) are
+also options (:class:`SettingOption`). An option given on the command line is put in
+the environment as its setting's variable, so precedence stays one rule (option, then
+environment, then ``--config`` file, then default) and every process the command
+starts reads the same value; its help names the variable and shows the value the
+settings resolve to now.
 """
 
 from __future__ import annotations
@@ -102,10 +109,14 @@ SERVICES: dict[str, ServiceDoc] = {
 SHARED = (
     "kafka.bootstrap_servers",
     "kafka.security_protocol",
+    "kafka.ssl_ca_file",
     "redis.url",
     "topics.prefix",
     "registry.uri",
     "registry.signing_key",
+    "grpc_tls.cert_file",
+    "grpc_tls.key_file",
+    "grpc_tls.client_ca_file",
     "group_prefix",
     "log_level",
     "log_format",
@@ -113,8 +124,52 @@ SHARED = (
 )
 
 
+@dataclass(frozen=True)
+class SettingOption:
+    """A command-line option that sets one setting (``path``: dotted, as in Settings)."""
+
+    flag: str
+    path: str
+    metavar: str
+    help: str
+    # Checks and converts the value when the command line is parsed, so a bad one is a
+    # usage error rather than a settings error when the command starts.
+    type: typing.Callable[[str], Any] = str
+
+    @property
+    def env_var(self) -> str:
+        return env_var(self.path)
+
+    @property
+    def dest(self) -> str:
+        return SETTING_DEST + self.path
+
+
+SETTING_DEST = "setting:"
+BOOTSTRAP_SERVERS = SettingOption(
+    "--bootstrap-servers", "kafka.bootstrap_servers", "HOST:PORT[,...]", "Kafka brokers"
+)
+TOPIC_PREFIX = SettingOption(
+    "--topic-prefix", "topics.prefix", "PREFIX", "prefix of every topic name"
+)
+REDIS_URL = SettingOption("--redis-url", "redis.url", "URL", "Redis")
+REGISTRY_URI = SettingOption(
+    "--registry-uri", "registry.uri", "URI", "model registry: a directory, file:// or s3:// URI"
+)
+METRICS_PORT = SettingOption(
+    "--metrics-port", "metrics_port", "PORT", "/metrics, /healthz and /readyz (0: none)", int
+)
+KAFKA_OPTIONS = (BOOTSTRAP_SERVERS, TOPIC_PREFIX)
+
+
+def env_var(path: str) -> str:
+    """``kafka.bootstrap_servers`` -> ``SENTIFLOW_KAFKA__BOOTSTRAP_SERVERS``."""
+    return ENV_PREFIX + "__".join(part.upper() for part in path.split("."))
+
+
 class SentiflowParser(argparse.ArgumentParser):
-    """An ArgumentParser whose help can end with a service's settings.
+    """An ArgumentParser whose help can end with a service's settings, and whose
+    options can take their defaults from settings.
 
     Subparsers are made of the parent's class, so parsers that other modules add
     (``sentiflow trainer``) get the same help once ``describe_service`` is applied.
@@ -122,10 +177,73 @@ class SentiflowParser(argparse.ArgumentParser):
 
     service_doc: ServiceDoc | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (action, settings path, its help before the default is appended)
+        self.setting_defaults: list[tuple[argparse.Action, str, str]] = []
+        self.settings_class = "sentiflow.config:Settings"
+
     def format_help(self) -> str:
         if self.service_doc is not None and self.epilog is None:
             self.epilog = settings_help(self.service_doc)
+        settings = settings_now(self.settings_class) if self.setting_defaults else None
+        for action, path, text in self.setting_defaults:
+            shown = _shown(setting_value(settings, path)).replace("%", "%%")
+            action.help = f"{text} (${env_var(path)}; now: {shown or 'empty'})"
         return super().format_help()
+
+
+def default_from_setting(
+    parser: argparse.ArgumentParser, action: argparse.Action, path: str
+) -> None:
+    """Make ``action``'s help name the setting its default comes from, and its value."""
+    if isinstance(parser, SentiflowParser):
+        parser.setting_defaults.append((action, path, action.help or ""))
+
+
+def add_setting_options(
+    parser: argparse.ArgumentParser, options: typing.Iterable[SettingOption]
+) -> None:
+    """Give ``parser`` the options; :func:`apply_setting_options` puts given ones in
+    the environment. An option the parser already has is left as it is."""
+    taken = set(parser._option_string_actions)
+    for option in options:
+        if option.flag in taken:
+            continue
+        action = parser.add_argument(
+            option.flag,
+            dest=option.dest,
+            metavar=option.metavar,
+            type=option.type,
+            default=None,
+            help=option.help,
+        )
+        default_from_setting(parser, action, option.path)
+
+
+def apply_setting_options(args: argparse.Namespace) -> None:
+    """Export every setting option given on the command line as its variable."""
+    for dest, value in sorted(vars(args).items()):
+        if dest.startswith(SETTING_DEST) and value is not None:
+            os.environ[env_var(dest.removeprefix(SETTING_DEST))] = str(value)
+
+
+def settings_now(settings_class: str) -> Settings:
+    """``module:Class`` settings as the environment and file give them now."""
+    module, _, cls_name = settings_class.partition(":")
+    cls: type[Settings] = getattr(importlib.import_module(module), cls_name)
+    try:
+        return cls()
+    except ValueError:  # an invalid environment: help shows the built-in defaults
+        return cls.model_construct()
+
+
+def setting_value(settings: Any, path: str) -> Any:
+    """The value at dotted ``path`` in ``settings``."""
+    value: Any = settings
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def describe_service(parser: argparse.ArgumentParser, name: str, *, config: bool = True) -> None:
@@ -135,6 +253,7 @@ def describe_service(parser: argparse.ArgumentParser, name: str, *, config: bool
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     if isinstance(parser, SentiflowParser):
         parser.service_doc = doc
+        parser.settings_class = doc.settings
     if config:
         add_config_argument(parser)
 
@@ -146,7 +265,7 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help=f"TOML settings file (the same as {CONFIG_FILE_ENV}=FILE); "
-        "environment variables override it",
+        "environment variables and options override it",
     )
 
 
@@ -250,7 +369,8 @@ def settings_help(doc: ServiceDoc) -> str:
         "",
         textwrap.fill(
             "shared settings (all of SENTIFLOW_KAFKA__*, SENTIFLOW_REDIS__*, "
-            "SENTIFLOW_TOPICS__*, SENTIFLOW_REGISTRY__*: see the README's Configuration):",
+            "SENTIFLOW_TOPICS__*, SENTIFLOW_REGISTRY__*, SENTIFLOW_GRPC_TLS__*: see the "
+            "README's Configuration):",
             WIDTH,
         ),
         *_lines(shared),

@@ -37,11 +37,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.kafka import Record, consumer_config
 from sentiflow.topics import admin_client
-from sentiflow.v1 import events_pb2
 
 ADMIN_TIMEOUT_S = 15.0
 

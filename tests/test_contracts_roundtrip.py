@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from google.protobuf.message import Message
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.dlq import Rejection, now_timestamp, rejected
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.readback import read_topic
-from sentiflow.v1 import events_pb2
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.kafka import (
@@ -27,7 +28,6 @@ from sentiflow.kafka import (
 )
 from sentiflow.loop import LoopConfig, Outcome, ProcessingLoop
 from sentiflow.readback import read_topic
-from sentiflow.v1 import events_pb2
 from stack import devstack
 from tests.support.paths import REPO_ROOT
 from tests.workers.relay import relay_handler

@@ -9,6 +9,7 @@ import grpc
 import pytest
 import redis
 from confluent_kafka import KafkaError, KafkaException
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import MAX_ORIGINAL_BYTES, RejectError, Rejection, decode, dlq_output
 from sentiflow.errors import (
@@ -23,7 +24,6 @@ from sentiflow.errors import (
 )
 from sentiflow.kafka import Output, Record
 from sentiflow.loop import Outcome, process_safely, retry_delay_s, rewind_points
-from sentiflow.v1 import events_pb2
 
 
 def _record(value: bytes | None, offset: int = 0, partition: int = 0) -> Record:

@@ -15,10 +15,11 @@ import posixpath
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from sentiflow_client.v1 import events_pb2
+
 from sentiflow.config import RegistrySettings
 from sentiflow.models.objectstore import is_s3_uri, local_path, parse_s3_uri
 from sentiflow.models.signing import SignatureError, verify
-from sentiflow.v1 import events_pb2
 
 __all__ = [
     "RefusedRecordError",

@@ -20,5 +20,7 @@ def open_registry(where: RegistrySettings | str | Path) -> ModelRegistry:
     that ``uri``: ``s3://bucket/prefix``, ``file:///path`` or a plain path."""
     settings = where if isinstance(where, RegistrySettings) else RegistrySettings(uri=str(where))
     if is_s3_uri(settings.uri):
-        return S3Registry(settings.uri, settings.s3, settings.cache_dir)
-    return Registry(local_path(settings.uri))
+        return S3Registry(
+            settings.uri, settings.s3, settings.cache_dir, export_onnx=settings.export_onnx
+        )
+    return Registry(local_path(settings.uri), export_onnx=settings.export_onnx)

@@ -3,32 +3,35 @@
 Sentence-transformers encoders such as all-MiniLM-L6-v2 were pretrained to be read out
 by mean pooling, and their CLS/pooler output is untrained for that purpose: on the seed
 tweets a mean-pooled head reached 0.839 validation accuracy after one epoch against
-0.777 for BERT's pooler head. The model registers itself with the ``transformers``
-Auto classes on import, so a saved checkpoint is an ordinary directory that
-``AutoModelForSequenceClassification`` and ``pipeline("text-classification")`` open
-without remote code.
+0.777 for BERT's pooler head. The architecture lives in
+:mod:`sentiflow.models.architecture`, which registers it with the ``transformers``
+Auto classes on import, so inside sentiflow a saved checkpoint is an ordinary
+directory that ``AutoModelForSequenceClassification`` opens without running any code
+from it; outside sentiflow the copy of that module saved beside the weights opens it
+with ``trust_remote_code=True``. This module adds building and safe loading.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, cast
 
 import torch
-from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from sentiflow.models.architecture import (
+    MODEL_TYPE,
+    SentiflowEncoderConfig,
+    SentiflowForSequenceClassification,
+    mean_pool,
+)
 from sentiflow.models.artifacts import UnsafeArtifactError, check_safe_checkpoint
 
 __all__ = [
@@ -42,103 +45,6 @@ __all__ = [
     "load_classifier",
     "mean_pool",
 ]
-
-MODEL_TYPE = "sentiflow-encoder"
-_DEFAULT_ENCODER_TYPE = "bert"
-
-
-class SentiflowEncoderConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]
-    """Configuration: the wrapped encoder's own config plus the head's settings."""
-
-    model_type = MODEL_TYPE
-    sub_configs: ClassVar[dict[str, Any]] = {"encoder": AutoConfig}
-
-    encoder: dict[str, Any] | PreTrainedConfig | None = None
-    classifier_dropout: float = 0.1
-    pooling: str = "mean"
-
-    def __post_init__(self, **kwargs: Any) -> None:
-        if isinstance(self.encoder, dict):
-            encoder = dict(self.encoder)
-            model_type = encoder.pop("model_type", _DEFAULT_ENCODER_TYPE)
-            self.encoder = CONFIG_MAPPING[model_type](**encoder)
-        elif self.encoder is None:
-            self.encoder = CONFIG_MAPPING[_DEFAULT_ENCODER_TYPE]()
-        if self.pooling != "mean":
-            raise ValueError(f"unsupported pooling {self.pooling!r}; only 'mean' is implemented")
-        super().__post_init__(**kwargs)  # type: ignore[no-untyped-call]
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.encoder_config.hidden_size)
-
-    @property
-    def encoder_config(self) -> PreTrainedConfig:
-        if not isinstance(self.encoder, PreTrainedConfig):
-            raise TypeError("encoder config was not materialised")
-        return self.encoder
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Average token states over real tokens only, so padding never dilutes the mean."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    summed = (hidden * mask).sum(dim=1)
-    counts = mask.sum(dim=1).clamp(min=1e-9)
-    return summed / counts
-
-
-class SentiflowForSequenceClassification(PreTrainedModel):  # type: ignore[no-untyped-call]
-    """Encoder + mean pooling + dropout + linear head over ``config.id2label``."""
-
-    config_class = SentiflowEncoderConfig
-    base_model_prefix = "encoder"
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-
-    def __init__(self, config: SentiflowEncoderConfig) -> None:
-        super().__init__(config)
-        self.num_labels = int(config.num_labels or 2)
-        self.encoder = AutoModel.from_config(config.encoder_config)  # type: ignore[no-untyped-call]
-        # The pooler (BERT, RoBERTa, MPNet...) is unused with mean pooling; dropping it
-        # saves compute and keeps untrained weights out of the checkpoint.
-        if getattr(self.encoder, "pooler", None) is not None:
-            self.encoder.pooler = None
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
-        self.post_init()  # type: ignore[no-untyped-call]
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> SequenceClassifierOutput:
-        if input_ids is None:
-            raise ValueError("input_ids are required")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        encoder_inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-        # Encoders without segment embeddings (MPNet, DistilBERT) reject the argument.
-        if token_type_ids is not None:
-            encoder_inputs["token_type_ids"] = token_type_ids
-        outputs = self.encoder(**encoder_inputs, return_dict=True)
-        pooled = mean_pool(outputs.last_hidden_state, attention_mask)
-        logits = self.classifier(self.dropout(pooled))
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(logits.float(), labels.view(-1))
-        return SequenceClassifierOutput(loss=cast(Any, loss), logits=cast(Any, logits))
-
-
-AutoConfig.register(MODEL_TYPE, SentiflowEncoderConfig, exist_ok=True)
-AutoModelForSequenceClassification.register(
-    SentiflowEncoderConfig, SentiflowForSequenceClassification, exist_ok=True
-)
 
 
 def default_base_path() -> Path:
@@ -215,7 +121,11 @@ def load_classifier(path: Path | str) -> tuple[PreTrainedModel, PreTrainedTokeni
     """
     root = Path(path)
     check_safe_checkpoint(root)
-    model = AutoModelForSequenceClassification.from_pretrained(root, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(root)
+    # trust_remote_code=False: the checkpoint's modeling_sentiflow.py is for users
+    # without sentiflow; here the registered classes load it and no code of its runs.
+    model = AutoModelForSequenceClassification.from_pretrained(
+        root, use_safetensors=True, trust_remote_code=False
+    )
+    tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False)
     model.eval()
     return model, tokenizer

@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from sentiflow_client.v1 import events_pb2
+
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.dlq import now_timestamp
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.models.registry import ModelRegistry, Stage, VersionInfo
 from sentiflow.models.signing import Key, sign
-from sentiflow.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,13 @@
 """Filesystem model registry: every version kept, with its metadata and manifest.
 
 Layout: ``root/<model_name>/<version>/`` holds the checkpoint (safetensors weights,
-config, tokenizer) and ``metadata.json``. The registry on disk is the source of truth
-for versions and stages; events about them are derived from it. A version directory
-appears atomically (written under a temporary name, then renamed), so a reader never
-sees half a checkpoint, and its files never change afterwards: only ``metadata.json``
-is rewritten, for stage changes, which is why the manifest leaves it out.
+config, tokenizer, the architecture's source), its fp32 ONNX graph ``model.onnx``
+(unless the registry is configured without it) and ``metadata.json``. The registry on
+disk is the source of truth for versions and stages; events about them are derived
+from it. A version directory appears atomically (written under a temporary name, then
+renamed), so a reader never sees half a checkpoint, and its files never change
+afterwards: only ``metadata.json`` is rewritten, for stage changes, which is why the
+manifest leaves it out.
 
 The same layout in an S3-compatible object store is ``s3registry.S3Registry``; both
 implement :class:`ModelRegistry`, and ``sentiflow.models.location.open_registry`` picks
@@ -32,6 +34,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sentiflow.models.artifacts import build_manifest, check_no_pickle, manifest_digest, verify
 from sentiflow.models.modeling import label_names, load_classifier
+from sentiflow.models.onnxexport import ONNX_FILE, export_onnx
 
 Stage = Literal["candidate", "shadow", "production", "rejected", "archived"]
 STAGES: tuple[Stage, ...] = get_args(Stage)
@@ -265,6 +268,24 @@ class ModelRegistry(Protocol):
     def write_state(self, model_name: str, state: Mapping[str, Any]) -> None: ...
 
 
+def write_artifact(
+    staging: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, onnx: bool
+) -> dict[str, str]:
+    """Write a version's files into ``staging``; returns their manifest.
+
+    The ONNX graph is exported from the files just saved and written before the
+    manifest is taken, so it is hashed, signed and verified like the weights: a
+    consumer that runs the graph instead of the weights is as protected as one that
+    loads them.
+    """
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    check_no_pickle(staging)
+    if onnx:
+        export_onnx(staging, staging / ONNX_FILE)
+    return build_manifest(staging)
+
+
 def _info_from_metadata(path: Path, metadata: dict[str, Any], location: str = "") -> VersionInfo:
     return VersionInfo(
         model_name=str(metadata["model_name"]),
@@ -282,10 +303,16 @@ def _info_from_metadata(path: Path, metadata: dict[str, Any], location: str = ""
 
 
 class Registry:
-    """Versions of named models under one root directory."""
+    """Versions of named models under one root directory.
 
-    def __init__(self, root: Path | str) -> None:
+    ``export_onnx`` (the ``registry.export_onnx`` setting) writes each new version's
+    fp32 ONNX graph into its folder; it costs seconds per save and a file the size of
+    the weights.
+    """
+
+    def __init__(self, root: Path | str, *, export_onnx: bool = True) -> None:
         self.root = Path(root)
+        self.export_onnx = export_onnx
 
     def _model_dir(self, model_name: str) -> Path:
         return self.root / _check_name("model name", model_name)
@@ -371,10 +398,7 @@ class Registry:
                 self.get(model_name, parent)
             staging = model_dir / f".tmp-{uuid.uuid4().hex}"
             try:
-                model.save_pretrained(staging)
-                tokenizer.save_pretrained(staging)
-                check_no_pickle(staging)
-                manifest = build_manifest(staging)
+                manifest = write_artifact(staging, model, tokenizer, onnx=self.export_onnx)
                 existing = self._version_dirs(model_name)
                 number = version_number(existing[-1].name) + 1 if existing else 1
                 version = format_version(number)

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sentiflow.config import S3Options
-from sentiflow.models.artifacts import build_manifest, check_no_pickle
 from sentiflow.models.modeling import label_names, load_classifier
 from sentiflow.models.objectstore import (
     METADATA_FILE,
@@ -54,6 +53,7 @@ from sentiflow.models.registry import (
     superseded,
     version_number,
     with_stage,
+    write_artifact,
 )
 
 if TYPE_CHECKING:
@@ -61,7 +61,8 @@ if TYPE_CHECKING:
 
 
 class S3Registry:
-    """Versions of named models under one ``s3://bucket/prefix``."""
+    """Versions of named models under one ``s3://bucket/prefix``; ``export_onnx`` as
+    for :class:`sentiflow.models.registry.Registry`."""
 
     def __init__(
         self,
@@ -69,9 +70,12 @@ class S3Registry:
         options: S3Options,
         cache_dir: Path,
         client: S3Client | None = None,
+        *,
+        export_onnx: bool = True,
     ) -> None:
         self.root = parse_s3_uri(uri)
         self.cache_dir = Path(cache_dir)
+        self.export_onnx = export_onnx
         self._client = client or s3_client(options)
 
     # -- reading ------------------------------------------------------------------------
@@ -165,10 +169,7 @@ class S3Registry:
             self.get(model_name, parent)
         with tempfile.TemporaryDirectory(prefix="sentiflow-upload-") as tmp:
             staging = Path(tmp)
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            check_no_pickle(staging)
-            manifest = build_manifest(staging)
+            manifest = write_artifact(staging, model, tokenizer, onnx=self.export_onnx)
             existing = self._versions(model_name)
             version = format_version(version_number(existing[-1]) + 1 if existing else 1)
             location = self._version_location(model_name, version)

@@ -14,8 +14,7 @@ import hmac
 import json
 
 from pydantic import SecretStr
-
-from sentiflow.v1 import events_pb2
+from sentiflow_client.v1 import events_pb2
 
 SCHEME = "hmac-sha256"
 _DOMAIN = "sentiflow.model-version.v1"

@@ -6,6 +6,7 @@ import string
 from pathlib import Path
 
 import torch
+from sentiflow_client.v1 import events_pb2
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -16,7 +17,6 @@ from transformers import (
 
 from sentiflow.models.artifacts import build_manifest, manifest_digest
 from sentiflow.models.signing import Key, sign
-from sentiflow.v1 import events_pb2
 
 LABELS = ("negative", "neutral", "positive")
 WORDS = [

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings
 from sentiflow.follow import TopicFollower
-from sentiflow.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 

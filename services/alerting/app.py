@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import RejectError, Rejection, decode, dlq_output, rejected
 from sentiflow.faustworker import credentials, record_of
 from sentiflow.kafka import Record
 from sentiflow.topics import TopicSpec
-from sentiflow.v1 import events_pb2
 from services.alerting import metrics
 from services.alerting.config import AlertingSettings
 from services.alerting.detector import AlertEvent, JsonValue

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 
+from sentiflow.consumerlag import export_consumer_lag
 from sentiflow.faustworker import StartupError, preflight, prepare_topics, serve
 from sentiflow.logs import setup_logging
 from sentiflow.topics import topic_specs
-from services.alerting.app import build_app, changelog_specs
+from services.alerting.app import app_id, build_app, changelog_specs
 from services.alerting.config import AlertingSettings
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ def run(settings: AlertingSettings, stop: threading.Event) -> int:
         log.error("%s", exc)
         return 1
     bundle = build_app(settings)
+    export_consumer_lag(settings.kafka, app_id(settings), [names.full(names.docs_scored)])
     return serve(bundle.app, bundle.readiness, settings.metrics_port, settings.log_level, stop)
 
 

@@ -17,6 +17,10 @@ EVENT_TIME = Counter(
 )
 WINDOWS = Counter("sentiflow_alerting_windows_total", "entity-windows evaluated")
 ALERTS = Counter("sentiflow_alerting_alerts_total", "alerts published", ["kind", "severity"])
+# Every kind and severity exported from the start, at 0, so a rate is 0 rather than absent.
+for _kind in ("raised", "resolved"):
+    for _severity in ("low", "medium", "high"):
+        ALERTS.labels(_kind, _severity)
 WEBHOOKS = Counter(
     "sentiflow_alerting_webhooks_total",
     "webhook deliveries by outcome (delivered, dead_lettered, duplicate)",
@@ -34,7 +38,7 @@ ERRORS = Counter(
     ["agent"],
 )
 WATERMARK = Gauge(
-    "sentiflow_alerting_watermark_seconds",
+    "sentiflow_alerting_watermark_timestamp_seconds",
     "event-time watermark per input partition (unix seconds)",
     ["partition"],
 )

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sentiflow_client.v1 import events_pb2
 
-from sentiflow.v1 import events_pb2
 from services.alerting.detector import Observation
 
 # Event times outside this range are clock or unit errors (seconds read as

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import RejectError, Rejection, decode
 from sentiflow.kafka import Record
-from sentiflow.v1 import events_pb2
 from services.alerting.config import AlertingOptions
 from services.alerting.detector import AlertEvent, Detector, DetectorStats, JsonValue
 from services.alerting.observations import CountingRules, EventTime, Skip, SkipReason, observe

@@ -37,9 +37,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sentiflow_client.v1 import events_pb2
 from standardwebhooks import Webhook
 
-from sentiflow.v1 import events_pb2
 from services.alerting.config import WebhookTarget, webhook_key
 
 ID_HEADER = "webhook-id"

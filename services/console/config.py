@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from sentiflow.apikeys import ApiKeys
-from sentiflow.config import Settings
+from sentiflow.config import GrpcClientTlsSettings, Settings
 
 
 class ConsoleOptions(BaseModel):
@@ -31,6 +31,9 @@ class ConsoleOptions(BaseModel):
     feedback_api_key: SecretStr | None = None
     forward_api_key: bool = False
     feedback_timeout_s: float = Field(default=10.0, gt=0)
+    # The feedback service behind TLS: SENTIFLOW_CONSOLE__FEEDBACK_TLS__ENABLED=true,
+    # …__CA_FILE, and …__CERT_FILE/…__KEY_FILE when it requires client certificates.
+    feedback_tls: GrpcClientTlsSettings = GrpcClientTlsSettings()
     default_model: str = "sentiment"
 
     # What the console keeps in memory, and what it loads on start.

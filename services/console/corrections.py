@@ -13,8 +13,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sentiflow_client import Tls
+from sentiflow_client.channels import ChannelSettings, open_channel
+from sentiflow_client.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc
 
-from sentiflow.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc
+from sentiflow.config import GrpcClientTlsSettings
 from services.console.review import review_json
 from services.console.state import seconds
 
@@ -98,13 +101,35 @@ def document_json(response: feedback_pb2.GetDocumentResponse) -> dict[str, Any]:
     }
 
 
+def client_tls(settings: GrpcClientTlsSettings | None) -> Tls | None:
+    """The light client's TLS settings for the console's ``feedback_tls`` section."""
+    if settings is None or not settings.enabled:
+        return None
+    return Tls(
+        ca_file=settings.ca_file,
+        cert_file=settings.cert_file,
+        key_file=settings.key_file,
+        server_name=settings.server_name,
+    )
+
+
 class FeedbackGateway:
     """A channel to the feedback service; calls block, so handlers run them in threads."""
 
     def __init__(
-        self, address: str, api_key: str | None, *, forward_api_key: bool, timeout_s: float
+        self,
+        address: str,
+        api_key: str | None,
+        *,
+        forward_api_key: bool,
+        timeout_s: float,
+        tls: GrpcClientTlsSettings | None = None,
     ) -> None:
-        self._channel = grpc.insecure_channel(address)
+        # The console reports the feedback service's answers as they come (a 503 the
+        # page shows at once), so its channel does not retry.
+        self._channel = open_channel(
+            address, SERVICE, ChannelSettings(tls=client_tls(tls), retry=None)
+        )
         self._stub = feedback_pb2_grpc.FeedbackServiceStub(self._channel)
         # The stub's attributes are created at run time; its type stub lacks them.
         self._health: Any = health_pb2_grpc.HealthStub(self._channel)

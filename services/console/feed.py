@@ -18,10 +18,10 @@ from typing import Any
 
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.follow import TopicFollower
-from sentiflow.v1 import events_pb2
 from services.console import metrics
 from services.console.state import ConsoleState
 

@@ -12,13 +12,13 @@ import threading
 from functools import partial
 
 from aiohttp import web
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import RegistrySettings
 from sentiflow.health import HealthServer
 from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.logs import setup_logging
 from sentiflow.models.admission import RefusedRecordError, check_signature
-from sentiflow.v1 import events_pb2
 from services.console.config import ConsoleSettings
 from services.console.corrections import FeedbackGateway
 from services.console.feed import Feed
@@ -68,6 +68,7 @@ def build(settings: ConsoleSettings) -> ConsoleApp:
         key,
         forward_api_key=options.forward_api_key,
         timeout_s=options.feedback_timeout_s,
+        tls=options.feedback_tls,
     )
     models = Models(settings.registry, settings.kafka, settings.topics, state)
     return ConsoleApp(options, state, hub, feed, gateway, models)

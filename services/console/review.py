@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sentiflow.v1 import feedback_pb2
+from sentiflow_client.v1 import feedback_pb2
 
 
 def review_json(response: feedback_pb2.ListReviewResponse) -> list[dict[str, Any]]:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.models import versions as modelversions
-from sentiflow.v1 import events_pb2
 
 ALL_ENTITIES = ""  # the series over every document, entity or not
 

@@ -35,10 +35,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import RejectError, Rejection, decode, dlq_output
 from sentiflow.kafka import Output, Record
-from sentiflow.v1 import events_pb2
 from services.feedback import metrics, records, votes
 from services.feedback.keys import DOC_FIELD, Keys, as_bytes, field, prediction_field
 

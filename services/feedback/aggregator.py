@@ -30,6 +30,7 @@ from typing import Any
 import faust
 import redis.asyncio as aioredis
 
+from sentiflow.consumerlag import export_consumer_lag
 from sentiflow.faustworker import (
     StartupError,
     credentials,
@@ -152,6 +153,7 @@ def run(settings: FeedbackSettings, stop: threading.Event) -> int:
         log.error("%s", exc)
         return 1
     worker = FeedbackWorker(settings)
+    export_consumer_lag(settings.kafka, app_id(settings), [names.full(names.feedback_events)])
     return serve(worker.app, worker.readiness, settings.metrics_port, settings.log_level, stop)
 
 

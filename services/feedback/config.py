@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sentiflow.apikeys import ApiKeys
 from sentiflow.config import Settings
+from sentiflow.ratelimit import QuotaScope
 from services.feedback.votes import Rules
 
 
@@ -34,6 +35,9 @@ class FeedbackOptions(BaseModel):
     batch_signals_burst: float = Field(default=1000.0, ge=1)
     quota_rps: float = Field(default=0.0, ge=0, description="requests per key; 0 = unlimited")
     quota_burst: float = Field(default=100.0, ge=1)
+    # replicas: quotas and signal allowances count in Redis, one budget per key or user
+    # for every replica; process: a bucket per process (sentiflow/ratelimit.py).
+    quota_scope: QuotaScope = "replicas"
     max_batch_items: int = Field(default=500, ge=1)
     ack_timeout_s: float = Field(default=10.0, gt=0, description="wait for Kafka's ack")
 

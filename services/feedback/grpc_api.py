@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import redis
 from google.protobuf.message import Message
+from sentiflow_client.v1 import events_pb2, feedback_pb2
 
 from sentiflow.errors import (
     InvalidInputError,
@@ -31,7 +32,6 @@ from sentiflow.errors import (
 from sentiflow.grpchandlers import unary_handler
 from sentiflow.grpcserver import caller
 from sentiflow.kafka import DeliveryError
-from sentiflow.v1 import events_pb2, feedback_pb2
 from services.feedback import metrics, records
 from services.feedback.budget import Allowance, SignalBudget
 from services.feedback.config import FeedbackOptions
@@ -273,31 +273,13 @@ class FeedbackService:
     # -- registration ------------------------------------------------------------------
 
     def handler(self) -> grpc.GenericRpcHandler:
-        def unary(
-            method: str, request_type: type[M], fn: Callable[[Any, grpc.ServicerContext], Message]
-        ) -> grpc.RpcMethodHandler[bytes, bytes]:
-            return unary_handler(
-                request_type,
-                fn,
-                observe=metrics.REQUEST_SECONDS.labels(method).observe,
-                on_code=_count_error,
-            )
-
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
-                "Submit": unary("Submit", feedback_pb2.SubmitRequest, self.submit),
-                "SubmitBatch": unary(
-                    "SubmitBatch", feedback_pb2.SubmitBatchRequest, self.submit_batch
-                ),
-                "GetDocument": unary(
-                    "GetDocument", feedback_pb2.GetDocumentRequest, self.get_document
-                ),
-                "Stats": unary("Stats", feedback_pb2.StatsRequest, self.stats),
-                "ListReview": unary("ListReview", feedback_pb2.ListReviewRequest, self.list_review),
+                "Submit": unary_handler(feedback_pb2.SubmitRequest, self.submit),
+                "SubmitBatch": unary_handler(feedback_pb2.SubmitBatchRequest, self.submit_batch),
+                "GetDocument": unary_handler(feedback_pb2.GetDocumentRequest, self.get_document),
+                "Stats": unary_handler(feedback_pb2.StatsRequest, self.stats),
+                "ListReview": unary_handler(feedback_pb2.ListReviewRequest, self.list_review),
             },
         )
-
-
-def _count_error(code: grpc.StatusCode) -> None:
-    metrics.ERRORS.labels(code.name.lower()).inc()

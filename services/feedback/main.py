@@ -12,14 +12,16 @@ import threading
 
 from prometheus_client import REGISTRY
 
+from sentiflow.consumerlag import export_consumer_lag
 from sentiflow.grpcserver import create_server, set_serving
 from sentiflow.health import HealthServer
 from sentiflow.kafka import make_consumer, make_producer
 from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.logs import setup_logging
 from sentiflow.loop import LoopConfig, ProcessingLoop
-from sentiflow.ratelimit import RateLimiter
+from sentiflow.ratelimit import Limiter, quota_client, quota_limiter
 from sentiflow.redisclient import connect
+from services.feedback.budget import SignalBudget
 from services.feedback.config import FeedbackSettings
 from services.feedback.grpc_api import SERVICE, FeedbackService
 from services.feedback.keys import Keys
@@ -48,8 +50,10 @@ def run(settings: FeedbackSettings, stop: threading.Event) -> int:
     store = DocumentStore(client, keys, options.retention_s)
     state = FeedbackState(client, keys)
     review = ReviewQueue(client, keys, options.review_max_margin, options.review_capacity)
+    group = settings.group_id(options.store_group)
+    export_consumer_lag(settings.kafka, group, [topics.full(topics.docs_scored)])
     loop = ProcessingLoop(
-        make_consumer(settings.kafka, settings.group_id(options.store_group)),
+        make_consumer(settings.kafka, group),
         make_producer(settings.kafka),
         scored_handler(store, review),
         LoopConfig(
@@ -80,10 +84,20 @@ def run(settings: FeedbackSettings, stop: threading.Event) -> int:
         topics.full(topics.feedback_events),
         settings.kafka.flush_timeout_s,
     ).start()
-    limiter = RateLimiter(options.quota_rps, options.quota_burst) if options.quota_rps else None
+    quota_redis = quota_client(settings.redis)
+
+    def limiters(name: str, rate: float, burst: float) -> Limiter:
+        return quota_limiter(
+            f"feedback-{name}", rate, burst, options.quota_scope, settings.redis, quota_redis
+        )
+
+    limiter = (
+        limiters("requests", options.quota_rps, options.quota_burst) if options.quota_rps else None
+    )
     if not options.api_keys:
         log.warning("no API keys configured: every signal is recorded for user 'anonymous'")
-    service = FeedbackService(store, state, review, publisher, options)
+    budget = SignalBudget(options, limiters=limiters)
+    service = FeedbackService(store, state, review, publisher, options, budget)
     server, port, health = create_server(
         options.grpc_address,
         [service.handler()],
@@ -91,6 +105,7 @@ def run(settings: FeedbackSettings, stop: threading.Event) -> int:
         keys=options.api_keys,
         limiter=limiter,
         max_workers=options.grpc_workers,
+        tls=settings.grpc_tls,
     )
     server.start()
     set_serving(health, [SERVICE], True)
@@ -104,6 +119,7 @@ def run(settings: FeedbackSettings, stop: threading.Event) -> int:
         health_http.stop()
         REGISTRY.unregister(collector)
         client.close()
+        quota_redis.close()
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Prometheus metrics of the feedback service, live model quality included."""
+"""Prometheus metrics of the feedback service, live model quality included.
+
+gRPC calls are measured by the server itself (``grpc_server_*``, see
+:mod:`sentiflow.grpcserver`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 
 from services.feedback.quality import VersionQuality
@@ -18,13 +22,6 @@ SIGNALS = Counter(
     "Signals submitted over gRPC, by outcome (accepted, invalid, limited, unacknowledged)",
     ["outcome"],
 )
-REQUEST_SECONDS = Histogram(
-    "sentiflow_feedback_request_seconds",
-    "gRPC request time, Kafka acknowledgement included",
-    ["method"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
-)
-ERRORS = Counter("sentiflow_feedback_grpc_errors", "Failed gRPC calls by status", ["code"])
 STORED = Counter("sentiflow_feedback_documents_stored", "docs.scored records kept in Redis")
 REVIEW_OFFERED = Counter(
     "sentiflow_feedback_review_offered", "Answers close enough to call to be queued for review"

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from confluent_kafka import KafkaError, Message, Producer
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.kafka import DeliveryError, Output, flush, produce
-from sentiflow.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sentiflow.v1 import events_pb2
+from sentiflow_client.v1 import events_pb2
+
 from services.feedback import votes
 
 

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import cast
 
 import redis
+from sentiflow_client.v1 import events_pb2, feedback_pb2
 
 from sentiflow.errors import InvalidInputError
 from sentiflow.text import has_nul
-from sentiflow.v1 import events_pb2, feedback_pb2
 from services.feedback import votes
 from services.feedback.keys import Keys
 from services.feedback.signals import MAX_LABEL_CHARS

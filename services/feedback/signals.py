@@ -9,10 +9,10 @@ no way to name one.
 from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sentiflow_client.v1 import events_pb2, feedback_pb2
 
 from sentiflow.errors import InvalidInputError
 from sentiflow.text import has_nul
-from sentiflow.v1 import events_pb2, feedback_pb2
 
 MAX_ID_CHARS = 1024
 MAX_LABEL_CHARS = 256

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import redis
 from google.protobuf.message import DecodeError
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import RejectError, decode
 from sentiflow.kafka import Record
 from sentiflow.loop import Outcome
-from sentiflow.v1 import events_pb2
 from services.feedback import metrics
 from services.feedback.keys import (
     DOC_FIELD,

@@ -22,10 +22,8 @@ of encodings and carrying the ``version`` that every prediction is attributed to
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import os
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,16 +32,17 @@ from typing import Any, Literal, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedConfig,
-)
+from transformers import AutoConfig, PreTrainedConfig
 
-# Registers the "sentiflow-encoder" model type with the Auto classes.
-import sentiflow.models.modeling  # noqa: F401
 from sentiflow.models.artifacts import check_safe_checkpoint, file_sha256
+from sentiflow.models.onnxexport import (
+    ONNX_FILE,
+    OPSET,
+    atomic_target,
+    export_onnx,
+    input_names,
+    load_fp32_model,
+)
 from services.inference.batcher import Runner
 from services.inference.tokenization import SEGMENT_INPUT, Encoded, TextEncoder
 
@@ -53,7 +52,6 @@ __all__ = [
     "TextRunner",
     "TorchRunner",
     "checkpoint_key",
-    "export_onnx",
     "quantize_dynamic_onnx",
     "quantize_static_onnx",
     "writable_dir",
@@ -67,9 +65,7 @@ OnnxGraph = Literal["fp32", "int8-static", "int8-dynamic"]
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
 
-OPSET = 17
 # Names carry the quantization recipe, so a changed recipe never reuses old graphs.
-FP32_FILE = "model.onnx"
 INT8_DYNAMIC_FILE = "model.int8-per-channel.onnx"
 INT8_STATIC_STEM = "model.int8-static-qop-matmul-gemm-no-ffn-out"
 # Operators whose inputs are quantized with static scales. Quantizing the rest as well
@@ -131,13 +127,16 @@ def _labels(config: PreTrainedConfig) -> list[str]:
 
 
 def checkpoint_key(checkpoint: Path, extra: str = "") -> str:
-    """Content hash of what shapes an exported graph: config and weights.
+    """Content hash of what shapes an exported graph: config, weights, and the fp32
+    graph the checkpoint ships, if any (the int8 graphs are derived from that one).
 
     Keying the export cache by content rather than path means a checkpoint republished
     in place never reuses a stale graph, and a copy elsewhere reuses a fresh one.
     """
     digest = hashlib.sha256(f"opset={OPSET};{extra}\n".encode())
     files = [checkpoint / "config.json", *sorted(checkpoint.glob("*.safetensors"))]
+    if (checkpoint / ONNX_FILE).is_file():
+        files.append(checkpoint / ONNX_FILE)
     for path in files:
         digest.update(f"{path.name} {file_sha256(path)}\n".encode())
     return digest.hexdigest()[:16]
@@ -269,31 +268,6 @@ class _Runner:
         raise NotImplementedError
 
 
-def _load_torch_model(checkpoint: Path) -> torch.nn.Module:
-    model: torch.nn.Module = AutoModelForSequenceClassification.from_pretrained(
-        checkpoint, use_safetensors=True, dtype=torch.float32
-    )
-    model.eval()
-    return model
-
-
-def _accepts(model: torch.nn.Module, argument: str) -> bool:
-    parameters = inspect.signature(model.forward).parameters
-    return argument in parameters
-
-
-def _input_names(model: torch.nn.Module, wants_token_types: bool) -> list[str]:
-    """Inputs to feed: token types only where both tokenizer and model use them.
-
-    Some models accept ``token_type_ids`` in their signature and then fail on it (an
-    MPNet encoder behind a generic head), while their tokenizer never produces them.
-    """
-    names = ["input_ids", "attention_mask"]
-    if wants_token_types and _accepts(model, SEGMENT_INPUT):
-        names.append(SEGMENT_INPUT)
-    return names
-
-
 # --- torch ---------------------------------------------------------------------------
 
 
@@ -345,9 +319,9 @@ class TorchRunner(_Runner):
         self.autocast_dtype = _resolve_precision(self.device, precision)
         if self.device.type == "cpu" and num_threads is not None:
             torch.set_num_threads(num_threads)
-        self._model = _load_torch_model(self.checkpoint)
+        self._model = load_fp32_model(self.checkpoint)
         self._model.to(self.device)
-        self._names = _input_names(self._model, self._encoder.wants_token_types)
+        self._names = input_names(self._model, self._encoder.wants_token_types)
 
     @property
     def _feeds_token_types(self) -> bool:
@@ -374,75 +348,6 @@ class TorchRunner(_Runner):
 # --- ONNX ----------------------------------------------------------------------------
 
 
-class _LogitsOnly(torch.nn.Module):
-    """Positional inputs in, logits out: the shape torch.onnx.export traces best."""
-
-    def __init__(self, model: torch.nn.Module, names: Sequence[str]) -> None:
-        super().__init__()
-        self.model = model
-        self.names = list(names)
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        outputs = self.model(**dict(zip(self.names, inputs, strict=True)), return_dict=True)
-        logits: torch.Tensor = outputs.logits
-        return logits
-
-
-def _tracing_example(n_inputs: int) -> tuple[torch.Tensor, ...]:
-    """Two rows, the second padded, so the traced graph keeps the general mask path.
-
-    Tracing records one path through data-dependent branches; with an all-ones mask
-    some attention implementations would skip masking and bake that into the graph.
-    """
-    ids = torch.full((2, 8), 100, dtype=torch.long)
-    mask = torch.ones((2, 8), dtype=torch.long)
-    mask[1, 5:] = 0
-    types = torch.zeros((2, 8), dtype=torch.long)
-    return (ids, mask, types)[:n_inputs]
-
-
-def _atomic_target(target: Path) -> Path:
-    return target.with_name(f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.onnx")
-
-
-def export_onnx(checkpoint: Path | str, target: Path) -> None:
-    """Export a checkpoint's logits to ONNX with dynamic batch and sequence axes.
-
-    The TorchScript exporter (``dynamo=False``) is used because the dynamo exporter
-    needs onnxscript, which the project does not ship. The file appears atomically, so
-    several instances exporting at once each leave a whole file.
-    """
-    root = Path(checkpoint)
-    check_safe_checkpoint(root)
-    wrapper_tokenizer = AutoTokenizer.from_pretrained(root)
-    model = _load_torch_model(root)
-    names = _input_names(model, SEGMENT_INPUT in wrapper_tokenizer.model_input_names)
-    # A fresh Module is in training mode, and export restores the wrapper's mode
-    # recursively afterwards: without eval() here it would switch dropout on in `model`.
-    wrapper = _LogitsOnly(model, names).eval()
-    axes = {name: {0: "batch", 1: "sequence"} for name in names}
-    axes["logits"] = {0: "batch"}
-    tmp = _atomic_target(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper,
-                _tracing_example(len(names)),
-                str(tmp),
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=names,
-                output_names=["logits"],
-                dynamic_axes=axes,
-                do_constant_folding=True,
-            )
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def quantize_dynamic_onnx(source: Path, target: Path) -> None:
     """Int8 dynamic quantization, weights per output channel; no calibration data needed.
 
@@ -452,7 +357,7 @@ def quantize_dynamic_onnx(source: Path, target: Path) -> None:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tmp = _atomic_target(target)
+    tmp = atomic_target(target)
     try:
         quantize_dynamic(source, tmp, weight_type=QuantType.QInt8, per_channel=True)
         tmp.replace(target)
@@ -527,7 +432,7 @@ def quantize_static_onnx(
     reader = _Batches(batches)
     graph = onnx.load(str(source), load_external_data=False).graph
     keep_fp32 = activation_fed_products(list(graph.node))
-    tmp = _atomic_target(target)
+    tmp = atomic_target(target)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -562,7 +467,7 @@ def default_cache_root() -> Path:
 
 
 def cache_candidates(checkpoint: Path, key: str, cache_dir: Path | None) -> list[Path]:
-    """Where an export may live, preferred first.
+    """Where a graph this process builds may live, preferred first.
 
     Beside the checkpoint, not inside it: the checkpoint directory is verified file by
     file against the manifest it was published with, and a new file in it would fail
@@ -583,10 +488,14 @@ def writable_dir(path: Path) -> bool:
 class OnnxRunner(_Runner):
     """ONNX Runtime: the graph in fp32, or int8 (``graph``), on ``providers``.
 
-    The graph is exported (and quantized) on first use and cached by checkpoint content
-    (see :func:`cache_candidates`); later loads, in this process or another, reuse it.
-    ``exported`` tells whether this instance had to build it. A static int8 graph needs
-    ``calibration_texts`` to fix its activation scales, and is cached per set of texts.
+    A registry version ships its fp32 graph as ``model.onnx`` inside the checkpoint,
+    under the manifest the loader verified the folder against before any runner is
+    built, so the fp32 engine serves that file as it is and the int8 graphs are
+    quantized from it. A checkpoint without one is exported on first use. What this
+    process builds is cached by checkpoint content (see :func:`cache_candidates`);
+    later loads, in this process or another, reuse it. ``exported`` tells whether this
+    instance had to build its graph. A static int8 graph needs ``calibration_texts`` to
+    fix its activation scales, and is cached per set of texts.
 
     Intra-op threads do not spin while waiting for work (ONNX Runtime's default is to
     spin): a spinning pool keeps its cores busy between batches, which on a shared
@@ -627,9 +536,17 @@ class OnnxRunner(_Runner):
             return INT8_DYNAMIC_FILE
         if self.graph == "int8-static":
             return f"{INT8_STATIC_STEM}-{calibration_digest(self._calibration)}.onnx"
-        return FP32_FILE
+        return ONNX_FILE
+
+    @property
+    def shipped(self) -> Path | None:
+        """The fp32 graph published inside the checkpoint, if it has one."""
+        path = self.checkpoint / ONNX_FILE
+        return path if path.is_file() else None
 
     def _ensure_graph(self, cache_dir: Path | None) -> tuple[Path, bool]:
+        if self.graph == "fp32" and self.shipped is not None:
+            return self.shipped, False
         filename = self.filename
         candidates = cache_candidates(self.checkpoint, checkpoint_key(self.checkpoint), cache_dir)
         for directory in candidates:
@@ -642,7 +559,7 @@ class OnnxRunner(_Runner):
         raise PermissionError(f"no writable ONNX cache among {[str(c) for c in candidates]}")
 
     def _build(self, directory: Path) -> None:
-        fp32 = directory / FP32_FILE
+        fp32 = self.shipped or directory / ONNX_FILE
         if not fp32.is_file():
             log.info("exporting %s to %s", self.checkpoint, fp32)
             export_onnx(self.checkpoint, fp32)

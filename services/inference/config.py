@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sentiflow.apikeys import ApiKeys
 from sentiflow.config import Settings
+from sentiflow.ratelimit import QuotaScope
+from sentiflow.seed import seed_dir
 
 Engine = Literal[
     "onnx-int8-static",
@@ -22,9 +24,7 @@ Engine = Literal[
 ]
 EngineSetting = Literal["auto", Engine]
 # The seed validation tweets: the calibration texts engine selection times engines on.
-SEED_VALID_CSV = (
-    Path(__file__).resolve().parents[2] / "data" / "twitter-financial-news" / "valid.csv"
-)
+SEED_VALID_CSV = seed_dir() / "valid.csv"
 
 
 class InferenceOptions(BaseModel):
@@ -62,6 +62,9 @@ class InferenceOptions(BaseModel):
     api_keys: ApiKeys = []
     quota_rps: float = Field(default=0.0, ge=0, description="per key; 0 = unlimited")
     quota_burst: float = Field(default=100.0, ge=1)
+    # replicas: each key's bucket lives in Redis (SENTIFLOW_REDIS__URL), one budget for
+    # every replica; process: a bucket per process (sentiflow/ratelimit.py).
+    quota_scope: QuotaScope = "replicas"
 
     kafka_enabled: bool = True
     # Keep the first answer per (model, version, document) in Redis, so replays and

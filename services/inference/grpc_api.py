@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from sentiflow_client.v1 import classifier_pb2, events_pb2
 
 from sentiflow.errors import DeadlineExceededError, OverloadedError
 from sentiflow.grpchandlers import abort, parse_request, unary_handler
-from sentiflow.v1 import classifier_pb2, events_pb2
 from services.inference import metrics
 from services.inference.config import InferenceOptions
 from services.inference.engines import Choice
@@ -171,14 +171,9 @@ class ClassifierService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(
-            method: str, request_type: type[M], fn: Callable[[Any, grpc.ServicerContext], Message]
+            request_type: type[M], fn: Callable[[Any, grpc.ServicerContext], Message]
         ) -> grpc.RpcMethodHandler[bytes, bytes]:
-            return unary_handler(
-                request_type,
-                fn,
-                observe=metrics.REQUEST_SECONDS.labels(method).observe,
-                on_code=_count_error,
-            )
+            return unary_handler(request_type, fn, on_code=_count_error)
 
         def stream(data_iter: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
             try:
@@ -191,12 +186,10 @@ class ClassifierService:
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
-                "Classify": unary("Classify", classifier_pb2.ClassifyRequest, self.classify),
-                "ClassifyBatch": unary(
-                    "ClassifyBatch", classifier_pb2.ClassifyBatchRequest, self.classify_batch
-                ),
+                "Classify": unary(classifier_pb2.ClassifyRequest, self.classify),
+                "ClassifyBatch": unary(classifier_pb2.ClassifyBatchRequest, self.classify_batch),
                 "ClassifyStream": grpc.stream_stream_rpc_method_handler(stream),
-                "GetModel": unary("GetModel", classifier_pb2.GetModelRequest, self.get_model),
+                "GetModel": unary(classifier_pb2.GetModelRequest, self.get_model),
             },
         )
 

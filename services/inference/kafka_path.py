@@ -11,11 +11,12 @@ import logging
 import time
 from collections.abc import Sequence
 
+from sentiflow_client.v1 import events_pb2
+
 from sentiflow.dlq import RejectError, decode, now_timestamp, rejection_of
 from sentiflow.errors import InvalidInputError
 from sentiflow.kafka import Output, Record
 from sentiflow.loop import BatchHandler, Outcome
-from sentiflow.v1 import events_pb2
 from services.inference import metrics
 from services.inference.answers import AnswerStore
 from services.inference.grpc_api import to_model_prediction

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from sentiflow.consumerlag import export_consumer_lag
 from sentiflow.grpcserver import create_server, set_serving
 from sentiflow.health import HealthServer
 from sentiflow.kafka import make_consumer, make_producer
@@ -12,7 +13,7 @@ from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.logs import setup_logging
 from sentiflow.loop import LoopConfig, ProcessingLoop
 from sentiflow.models.versions import VersionWatcher
-from sentiflow.ratelimit import RateLimiter
+from sentiflow.ratelimit import quota_limiter
 from sentiflow.redisclient import connect
 from services.inference.answers import AnswerStore
 from services.inference.config import InferenceSettings
@@ -75,7 +76,17 @@ def run(settings: InferenceSettings, stop: threading.Event) -> int:
         return manager.ready() and kafka_ok, detail
 
     health_http = HealthServer(port=settings.metrics_port, ready=readiness).start()
-    limiter = RateLimiter(options.quota_rps, options.quota_burst) if options.quota_rps else None
+    limiter = (
+        quota_limiter(
+            "inference",
+            options.quota_rps,
+            options.quota_burst,
+            options.quota_scope,
+            settings.redis,
+        )
+        if options.quota_rps
+        else None
+    )
     server, port, health = create_server(
         options.grpc_address,
         [ClassifierService(manager, options).handler()],
@@ -83,6 +94,7 @@ def run(settings: InferenceSettings, stop: threading.Event) -> int:
         keys=options.api_keys,
         limiter=limiter,
         max_workers=options.grpc_workers,
+        tls=settings.grpc_tls,
     )
     server.start()
     log.info("gRPC on port %d, metrics on port %d", port, health_http.port)
@@ -104,13 +116,15 @@ def run(settings: InferenceSettings, stop: threading.Event) -> int:
         if manager.ready():
             set_serving(health, [SERVICE], True)
         if options.kafka_enabled and not stop.is_set():
+            group = settings.group_id(options.group)
+            export_consumer_lag(settings.kafka, group, [topics.full(topics.docs_raw)])
             store = (
                 AnswerStore(connect(settings.redis), settings.redis, options.answer_ttl_s)
                 if options.answer_store
                 else None
             )
             loop = ProcessingLoop(
-                make_consumer(settings.kafka, settings.group_id(options.group)),
+                make_consumer(settings.kafka, group),
                 make_producer(settings.kafka),
                 make_handler(
                     manager, topics.full(topics.docs_scored), options.max_text_chars, store=store

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
+from sentiflow.models.versions import ModelVersion
 from services.inference.batcher import BatchStats
 from services.inference.engines import Choice
 
@@ -52,10 +54,17 @@ SHED = Counter(
     "texts shed for their deadline: refused fast at admission, or expired before compute",
     ["model", "reason"],
 )
-REQUEST_SECONDS = Histogram(
-    "sentiflow_inference_grpc_seconds", "gRPC handler time", ["method"], buckets=_LATENCY_BUCKETS
+# gRPC calls are measured by the server itself (grpc_server_*, sentiflow.grpcserver).
+MODEL_INFO = Gauge(
+    "sentiflow_inference_model_info",
+    "1 for the version serving each model in each role (production, shadow)",
+    ["model", "role", "version"],
 )
-MODEL_INFO = Info("sentiflow_inference_model", "model versions being served")
+MODEL_PROMOTION_ACCURACY = Gauge(
+    "sentiflow_inference_model_promotion_accuracy",
+    "validation accuracy a served version was promoted with (its model.versions record)",
+    ["model", "role", "version"],
+)
 SWAPS = Counter("sentiflow_inference_model_swaps", "model versions swapped in", ["model", "role"])
 LOAD_FAILURES = Counter(
     "sentiflow_inference_model_load_failures", "versions that could not be loaded", ["model"]
@@ -78,6 +87,23 @@ SHADOW_AGREEMENT = Gauge(
     "share of shadow answers matching production",
     ["model", "version"],
 )
+
+
+def observe_served(roles: Mapping[str, Mapping[str, ModelVersion]]) -> None:
+    """Export the versions served now, by role; versions no longer served disappear.
+
+    The version is a label value, never a label name, so one query selects any model's
+    production version, and a swap replaces the series instead of adding a key.
+    """
+    MODEL_INFO.clear()
+    MODEL_PROMOTION_ACCURACY.clear()
+    for role, served in roles.items():
+        for model, version in served.items():
+            MODEL_INFO.labels(model, role, version.version).set(1)
+            if "accuracy" in version.metrics:
+                MODEL_PROMOTION_ACCURACY.labels(model, role, version.version).set(
+                    version.metrics["accuracy"]
+                )
 
 
 def observe_batch(model: str, stats: BatchStats) -> None:

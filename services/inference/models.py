@@ -24,12 +24,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
+from sentiflow_client.v1 import events_pb2
+
 from sentiflow.config import RegistrySettings
 from sentiflow.errors import InvalidInputError, NotReadyError
 from sentiflow.models.admission import RefusedRecordError
 from sentiflow.models.artifacts import build_manifest, manifest_digest
 from sentiflow.models.versions import ModelState, ModelVersion
-from sentiflow.v1 import events_pb2
 from services.inference import metrics
 from services.inference.backends import Prediction, TextRunner
 from services.inference.batcher import Batcher, Item, Versioned
@@ -250,9 +251,7 @@ class ModelManager:
             self._export_info()
 
     def _export_info(self) -> None:
-        info = {f"{n}": v.version for n, v in self.serving().items()}
-        info.update({f"{n}_shadow": v.version for n, v in self.shadows().items()})
-        metrics.MODEL_INFO.info(info)
+        metrics.observe_served({"production": self.serving(), "shadow": self.shadows()})
 
     # -- scoring --------------------------------------------------------------------------
 

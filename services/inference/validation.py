@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sentiflow_client.v1 import events_pb2
+
 from sentiflow.errors import InvalidInputError
 from sentiflow.text import clean_for_model, has_nul
-from sentiflow.v1 import events_pb2
 
 
 def model_text(text: str, max_chars: int) -> str:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import msgspec
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import RejectError
-from sentiflow.v1 import events_pb2
 from services.ingest.config import FieldMap
 from services.ingest.normalize import check_encodable
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sentiflow_client.v1 import events_pb2
+from sentiflow_client.v1.events_pb2 import Document
 
 from sentiflow.dlq import RejectError, Rejection
 from sentiflow.text import clean_for_model
-from sentiflow.v1 import events_pb2
-from sentiflow.v1.events_pb2 import Document
 from services.ingest.config import IngestOptions
 from services.ingest.decode import (
     FieldExtractor,

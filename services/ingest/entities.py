@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from sentiflow.v1 import events_pb2
+from sentiflow_client.v1 import events_pb2
+
 from services.ingest.config import EntitySpec
 
 # "$AAPL", "$BRK.B"; never "$100" (amounts start with a digit) nor "US$5". Upper case

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal, NamedTuple
 
+from sentiflow_client.v1 import events_pb2
+
 from sentiflow.dlq import RejectError
 from sentiflow.text import clean_for_model, is_clean
-from sentiflow.v1 import events_pb2
 
 # Bounded or anchored to the end of the text: an unclosed comment or script eats the
 # rest of the text in one match, so crafted input cannot make these quadratic.

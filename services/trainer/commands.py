@@ -38,6 +38,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     boot.add_argument("--model", default="sentiment")
     boot.add_argument("--epochs", type=float, default=None)
     boot.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="train on about N examples and validate on about N (label-stratified): "
+        "a quick check of the whole path, not a model to serve",
+    )
+    boot.add_argument(
         "--label-map",
         default=None,
         help='JSON mapping raw label -> name, e.g. \'{"0":"negative"}\'',
@@ -73,6 +81,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ).set_defaults(func=_serve)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _settings() -> TrainerSettings:
     from services.trainer.config import TrainerSettings
 
@@ -83,24 +98,29 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from sentiflow.models.publish import Publisher
-    from services.trainer.bootstrap import DataOptions, bootstrap
+    from services.trainer.bootstrap import DataOptions, MissingBaseEncoderError, bootstrap
     from services.trainer.recipe import TrainConfig
 
     settings = _settings()
     config = TrainConfig() if args.epochs is None else replace(TrainConfig(), epochs=args.epochs)
-    info = bootstrap(
-        args.data or settings.trainer.seed_data,
-        args.base,
-        _registry(settings),
-        config,
-        valid_path=args.valid,
-        model_name=args.model,
-        data_options=DataOptions(
-            text_column=args.text_column,
-            label_column=args.label_column,
-            label_map=json.loads(args.label_map) if args.label_map else None,
-        ),
-    )
+    try:
+        info = bootstrap(
+            args.data or settings.trainer.seed_data,
+            args.base,
+            _registry(settings),
+            config,
+            valid_path=args.valid,
+            model_name=args.model,
+            data_options=DataOptions(
+                text_column=args.text_column,
+                label_column=args.label_column,
+                label_map=json.loads(args.label_map) if args.label_map else None,
+            ),
+            limit=args.limit,
+        )
+    except MissingBaseEncoderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{info.model_name} {info.version}: {json.dumps(info.metrics)}")
     if not args.no_publish:
         Publisher(settings.kafka, settings.topics, settings.registry.signing_key).publish(info)

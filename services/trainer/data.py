@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sentiflow.models.artifacts import file_sha256
+from sentiflow.seed import seed_dir
 
-SEED_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "twitter-financial-news"
+# The shipped seed tweets (package data, so an installed wheel has them too).
+SEED_DATA_DIR = seed_dir()
 SEED_LABEL_MAP: Mapping[str, str] = {"0": "negative", "1": "positive", "2": "neutral"}
 SEED_LABELS: tuple[str, ...] = ("negative", "positive", "neutral")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sentiflow.v1 import events_pb2
+from sentiflow_client.v1 import events_pb2
 
 
 @dataclass(frozen=True)

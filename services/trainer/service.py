@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.follow import TopicFollower
 from sentiflow.models.publish import Publisher
 from sentiflow.models.registry import ModelRegistry
-from sentiflow.v1 import events_pb2
 from services.trainer import metrics
 from services.trainer.config import TrainerSettings
 from services.trainer.examples import Example, ExampleStore
@@ -37,7 +37,7 @@ Clock = Callable[[], float]
 def report_progress(progress: TrainProgress) -> None:
     """Show a round's training on /metrics at every step and in the log at every tenth."""
     metrics.TRAINING_STEPS_DONE.set(progress.step)
-    metrics.TRAINING_STEPS_TOTAL.set(progress.total_steps)
+    metrics.TRAINING_STEPS_PLANNED.set(progress.total_steps)
     metrics.TRAINING_DOCS_PER_SECOND.set(progress.docs_per_s)
     metrics.TRAINING_ETA_SECONDS.set(progress.eta_s if progress.step else 0.0)
     if progress.milestone():

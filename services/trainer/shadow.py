@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Literal
 
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.follow import TopicFollower
 from sentiflow.models.publish import Publisher, promote
 from sentiflow.models.registry import ModelRegistry, VersionInfo
-from sentiflow.v1 import events_pb2
 from services.trainer import metrics
 from services.trainer.recipe import JudgeConfig
 

@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sentiflow_client.v1 import events_pb2
+
 from sentiflow.models.objectstore import local_path
 from sentiflow.models.signing import sign
-from sentiflow.v1 import events_pb2
 
 PREFIX = "forged-"
 

@@ -2,7 +2,10 @@
 
 Capacity is what inference sustains with many calls outstanding (a closed loop: a new
 call as soon as one ends), in the same run and on the same machine as the overload
-that follows, since both depend on what else the cores are doing. The overload is an
+that follows, since both depend on what else the cores are doing. Fewer calls are kept
+outstanding than the server has workers, so that none is refused: a refusal ends at
+once and frees its slot for the next call, which turns a closed loop past the server's
+limit into a loop of refusals that spends the very cores it is measuring. The overload is an
 open loop at a multiple of that rate, as real clients keep calling whether or not
 earlier calls were answered. What it shows: goodput (answers within the deadline per
 second) against capacity, how refusals come (RESOURCE_EXHAUSTED at once, which a
@@ -22,8 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-
-from sentiflow.v1 import classifier_pb2, classifier_pb2_grpc
+from sentiflow_client.v1 import classifier_pb2, classifier_pb2_grpc
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ def run_overload(
     overload_s: float,
     factor: float,
     deadline_s: float,
-    concurrency: int = 48,
+    concurrency: int = 16,
     warmup_s: float = 2.0,
 ) -> dict[str, Any]:
     """Capacity (closed loop), then ``factor`` times it offered (open loop)."""

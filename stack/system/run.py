@@ -55,13 +55,12 @@ from typing import Any, Literal
 
 import grpc
 from confluent_kafka import Producer
+from sentiflow_client import ClassifierClient, FeedbackClient, signal_request
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.kafka import Output, produce_and_wait
 from sentiflow.topics import admin_client, create_topics, topic_specs
-from sentiflow.v1 import events_pb2, feedback_pb2
-from services.feedback.client import FeedbackClient
-from services.inference.client import ClassifierClient
 from stack import devstack
 from stack.localstack import (
     LocalStackPlan,
@@ -620,12 +619,7 @@ def _submit(plan: LocalStackPlan, corrections: list[tuple[str, str]]) -> dict[st
     for key in USERS:
         with FeedbackClient(plan.grpc_address("feedback"), api_key=key, timeout_s=60) as client:
             for i in range(0, len(corrections), 200):
-                items = [
-                    feedback_pb2.SubmitRequest(
-                        doc_id=d, label=label, kind=events_pb2.FEEDBACK_KIND_CORRECT
-                    )
-                    for d, label in corrections[i : i + 200]
-                ]
+                items = [signal_request(d, label) for d, label in corrections[i : i + 200]]
                 # A document answered on docs.scored reaches the feedback store a moment
                 # later (longer while the store catches up after a Redis outage): a
                 # label for one it does not know yet is sent again, as a labelling

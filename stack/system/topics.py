@@ -22,13 +22,13 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 from google.protobuf.message import DecodeError
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings
 from sentiflow.dlq import reason_name
 from sentiflow.kafka import consumer_config
 from sentiflow.readback import read_topic
 from sentiflow.topics import admin_client
-from sentiflow.v1 import events_pb2
 from stack.system.checks import AlertKey, DeadLetter, Example, Scored
 
 T = TypeVar("T")

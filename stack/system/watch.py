@@ -18,11 +18,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from google.protobuf.message import DecodeError
+from sentiflow_client.v1 import events_pb2
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from sentiflow.config import KafkaSettings
 from sentiflow.kafka import consumer_config
-from sentiflow.v1 import events_pb2
 
 
 @dataclass(frozen=True)

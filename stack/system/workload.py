@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Producer
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.kafka import Output, produce_and_wait
-from sentiflow.v1 import events_pb2
 from services.trainer.data import load_seed_split
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sentiflow_client.v1 import events_pb2
 
-from sentiflow.v1 import events_pb2
 from services.alerting.observations import (
     MAX_EVENT_MS,
     MIN_EVENT_MS,

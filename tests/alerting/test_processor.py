@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import reason_name
 from sentiflow.kafka import Record
-from sentiflow.v1 import events_pb2
 from services.alerting.detector import AlertEvent, Example, JsonValue
 from services.alerting.processor import Processor, Step, alert_message, records_of
 from tests.support.alerting import scenario as sc

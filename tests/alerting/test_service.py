@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.dlq import reason_name
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.readback import read_topic
 from sentiflow.topics import admin_client, create_topics, topic_specs
-from sentiflow.v1 import events_pb2
 from services.alerting.app import DELIVERED_TABLE
 from services.alerting.config import WebhookTarget
 from services.alerting.webhooks import EVENT_HEADER, ID_HEADER, delivery_id

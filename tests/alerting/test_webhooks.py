@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import pytest
 from pydantic import ValidationError
+from sentiflow_client.v1 import events_pb2
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from sentiflow.v1 import events_pb2
 from services.alerting.config import AlertingOptions, WebhookTarget
 from services.alerting.detector import AlertEvent, Example
 from services.alerting.processor import alert_message

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.readback import read_topic
-from sentiflow.v1 import events_pb2
 from tests.support.console import ConsoleEnv, key, prediction, timestamp
 from tests.support.feedback import wait_for
 from tests.support.paths import REPO_ROOT

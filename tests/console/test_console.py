@@ -17,9 +17,9 @@ from urllib.parse import urlparse
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.readback import read_topic
-from sentiflow.v1 import events_pb2
 from services.console.main import run
 from stack import devstack
 from tests.support.console import SIGNAL_BURST, ConsoleEnv, key, prediction, timestamp

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sentiflow_client.v1 import events_pb2
 
-from sentiflow.v1 import events_pb2
 from services.console.state import (
     ALL_ENTITIES,
     AlertBook,

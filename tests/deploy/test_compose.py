@@ -48,8 +48,16 @@ def sentiflow_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_compose_files_match_the_compose_specification() -> None:
     checker = tool("check-jsonschema")
+    overlay = COMPOSE.with_name("docker-compose.observability.yml")
     result = run(
-        [checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE), str(COMPOSE_GPU)]
+        [
+            checker,
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(COMPOSE),
+            str(COMPOSE_GPU),
+            str(overlay),
+        ]
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -39,6 +39,9 @@ CUSTOM_KINDS = {
     "KafkaUser",
     "ScaledObject",
     "TriggerAuthentication",
+    "ServiceMonitor",
+    "PodMonitor",
+    "PrometheusRule",
 }
 OVERLAYS = ("cpu", "gpu")
 Doc = dict[str, Any]
@@ -66,8 +69,13 @@ def container(deployment: Doc) -> Doc:
     return containers[0]
 
 
+def settings_config_maps(docs: list[Doc]) -> dict[str, Doc]:
+    """The ConfigMaps of SENTIFLOW_* settings (not the Grafana dashboard's)."""
+    return {n: d for n, d in kinds(docs, "ConfigMap").items() if n != "sentiflow-dashboard"}
+
+
 def config_env(docs: list[Doc]) -> dict[str, str]:
-    (config,) = kinds(docs, "ConfigMap").values()
+    (config,) = settings_config_maps(docs).values()
     return {str(k): str(v) for k, v in config["data"].items()}
 
 
@@ -188,7 +196,7 @@ def test_the_configuration_is_valid_settings_for_every_service(
     for name, deployment in kinds(docs, "Deployment").items():
         main = container(deployment)
         refs = [e["configMapRef"]["name"] for e in main["envFrom"]]
-        assert refs == list(kinds(docs, "ConfigMap")), name
+        assert refs == list(settings_config_maps(docs)), name
         own = {e["name"]: e["value"] for e in main.get("env", []) if "value" in e}
         settings = load_settings(classes[name], {**env, **own}, monkeypatch)
         assert_writes_under_home(settings)

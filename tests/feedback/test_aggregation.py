@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import pytest
 import redis
 import redis.asyncio as aioredis
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import RedisSettings
 from sentiflow.kafka import Output, Record
-from sentiflow.v1 import events_pb2
 from services.feedback.aggregation import Aggregation, AggregationConfig, OutputUnavailableError
 from services.feedback.keys import Keys
 from services.feedback.state import FeedbackState

@@ -18,14 +18,16 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+from sentiflow_client import FeedbackClient
+from sentiflow_client.feedback import CONFIRM as CONFIRM_SIGNAL
+from sentiflow_client.feedback import CORRECT as CORRECT_SIGNAL
+from sentiflow_client.v1 import events_pb2, feedback_pb2
 
 from sentiflow.apikeys import api_keys
 from sentiflow.config import KafkaSettings, RedisSettings, TopicNames
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.readback import read_topic
 from sentiflow.topics import admin_client, create_topics, topic_specs
-from sentiflow.v1 import events_pb2, feedback_pb2
-from services.feedback.client import FeedbackClient
 from services.feedback.config import FeedbackOptions, FeedbackSettings
 from services.feedback.keys import Keys
 from services.feedback.review import ReviewQueue
@@ -402,7 +404,7 @@ def test_bad_requests_get_clear_statuses(env: Env) -> None:
     with env.client("alice") as alice:
         assert _code(lambda: alice.correct("bad-1", "bullish")) == grpc.StatusCode.INVALID_ARGUMENT
         assert _code(lambda: alice.correct("nope", "negative")) == grpc.StatusCode.INVALID_ARGUMENT
-        assert _code(lambda: alice.submit("bad-1", "neutral", CONFIRM)) == (
+        assert _code(lambda: alice.submit("bad-1", "neutral", CONFIRM_SIGNAL)) == (
             grpc.StatusCode.INVALID_ARGUMENT
         )
         assert _code(lambda: alice.get_document("nope")) == grpc.StatusCode.NOT_FOUND
@@ -423,8 +425,8 @@ def test_bad_requests_get_clear_statuses(env: Env) -> None:
         limited = _error(lambda: spammer.confirm("bad-1"))
         assert limited.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "the limit is 0.01/s (bursts of 60)" in (limited.details() or "")
-        items = [feedback_pb2.SubmitRequest(doc_id="bad-1", label="bullish", kind=CORRECT)]
-        items += [feedback_pb2.SubmitRequest(doc_id="bad-1", kind=CONFIRM)] * 70
+        items = [feedback_pb2.SubmitRequest(doc_id="bad-1", label="bullish", kind=CORRECT_SIGNAL)]
+        items += [feedback_pb2.SubmitRequest(doc_id="bad-1", kind=CONFIRM_SIGNAL)] * 70
         results = spammer.submit_batch(items)
         codes = [r.code for r in results]
         assert codes[0] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -554,9 +556,9 @@ def test_an_analyst_sends_a_thousand_labels_in_batches_and_submit_keeps_its_limi
     docs = [scored(f"bulk-{i}", "positive") for i in range(1000)]
     env.score(*docs)
     items = [
-        feedback_pb2.SubmitRequest(doc_id=d.document.id, label="negative", kind=CORRECT)
+        feedback_pb2.SubmitRequest(doc_id=d.document.id, label="negative", kind=CORRECT_SIGNAL)
         if i % 3 == 0
-        else feedback_pb2.SubmitRequest(doc_id=d.document.id, kind=CONFIRM)
+        else feedback_pb2.SubmitRequest(doc_id=d.document.id, kind=CONFIRM_SIGNAL)
         for i, d in enumerate(docs)
     ]
     with env.client("analyst") as analyst:

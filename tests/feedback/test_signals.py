@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from sentiflow_client.v1 import events_pb2, feedback_pb2
 
 from sentiflow.errors import InvalidInputError
-from sentiflow.v1 import events_pb2, feedback_pb2
 from services.feedback.config import FeedbackOptions
 from services.feedback.review import margin
 from services.feedback.signals import feedback_event

@@ -8,11 +8,11 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+from sentiflow_client import FeedbackClient
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings, RedisSettings, TopicNames
 from sentiflow.readback import read_topic
-from sentiflow.v1 import events_pb2
-from services.feedback.client import FeedbackClient
 from services.feedback.config import FeedbackOptions, FeedbackSettings
 from services.feedback.keys import Keys
 from services.feedback.store import DocumentStore

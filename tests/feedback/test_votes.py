@@ -8,8 +8,8 @@ from collections.abc import Iterable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sentiflow_client.v1 import events_pb2
 
-from sentiflow.v1 import events_pb2
 from services.feedback import votes
 from services.feedback.votes import Rules, Signal, Step, Trust
 

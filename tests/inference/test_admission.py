@@ -11,13 +11,13 @@ from typing import cast
 
 import pytest
 from prometheus_client import REGISTRY
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import RegistrySettings
 from sentiflow.models.admission import RefusedRecordError, artifact_size_exceeds
 from sentiflow.models.signing import SignatureError, sign, verify
 from sentiflow.models.tiny import make_checkpoint, model_version
 from sentiflow.models.versions import ModelVersion, fold
-from sentiflow.v1 import events_pb2
 from services.inference.backends import TextRunner
 from services.inference.config import InferenceOptions, InferenceSettings
 from services.inference.loading import ArtifactLoader, admitted_by

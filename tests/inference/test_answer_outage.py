@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings, RedisSettings, TopicNames
 from sentiflow.kafka import Output, make_consumer, make_producer, produce_and_wait
 from sentiflow.loop import LoopConfig, ProcessingLoop
 from sentiflow.readback import read_topic
 from sentiflow.redisclient import connect
-from sentiflow.v1 import events_pb2
 from services.inference.answers import AnswerStore
 from services.inference.config import InferenceOptions
 from services.inference.kafka_path import make_handler

@@ -10,9 +10,9 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
+from sentiflow_client.v1 import classifier_pb2
 
 from sentiflow.models.tiny import WORDS, make_checkpoint
-from sentiflow.v1 import classifier_pb2
 from services.inference import engines
 from services.inference.backends import OnnxRunner, Prediction, TextRunner
 from services.inference.config import Engine, InferenceOptions

@@ -7,10 +7,10 @@ from concurrent.futures import Future
 
 import pytest
 from prometheus_client import REGISTRY
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.errors import NotReadyError
 from sentiflow.models.versions import ModelVersion, fold
-from sentiflow.v1 import events_pb2
 from services.inference.backends import Prediction
 from services.inference.batcher import Versioned
 from services.inference.config import InferenceOptions

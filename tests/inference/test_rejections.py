@@ -8,11 +8,11 @@ from typing import cast
 
 import grpc
 import pytest
+from sentiflow_client.v1 import classifier_pb2, events_pb2
 
 from sentiflow.dlq import Rejection
 from sentiflow.kafka import Output, Record
 from sentiflow.loop import process_safely
-from sentiflow.v1 import classifier_pb2, events_pb2
 from services.inference.batcher import OverloadedError
 from services.inference.config import InferenceOptions
 from services.inference.grpc_api import ClassifierService

@@ -15,14 +15,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
+from sentiflow_client import ClassifierClient
+from sentiflow_client.v1 import events_pb2
+from sentiflow_client.v1 import events_pb2 as client_events
 
 from sentiflow.apikeys import api_keys
 from sentiflow.config import Settings
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.models.tiny import make_checkpoint, model_version
 from sentiflow.readback import read_topic
-from sentiflow.v1 import events_pb2
-from services.inference.client import ClassifierClient
 from services.inference.config import InferenceOptions, InferenceSettings
 from services.inference.main import run
 from stack import devstack
@@ -266,8 +267,8 @@ def test_tampered_artifact_is_refused_and_rollback_is_followed(
         time.sleep(1.0)
         served = {v.version: v.stage for v in client.get_model()}
         assert served == {
-            "v1": events_pb2.MODEL_STAGE_PRODUCTION,
-            "v3": events_pb2.MODEL_STAGE_SHADOW,
+            "v1": client_events.MODEL_STAGE_PRODUCTION,
+            "v3": client_events.MODEL_STAGE_SHADOW,
         }
         (pred,) = client.classify("stocks rally")
         assert pred.version == "v1", "answers come from production only"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sentiflow_client.v1 import classifier_pb2
 
 from sentiflow.models.tiny import WORDS, make_checkpoint
-from sentiflow.v1 import classifier_pb2
 from services.inference.config import InferenceOptions
 from services.inference.grpc_api import ClassifierService
 from services.inference.models import ModelManager

@@ -6,14 +6,14 @@ import csv
 import json
 import unicodedata
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import reason_name
-from sentiflow.v1 import events_pb2
+from sentiflow.seed import seed_dir
 from services.ingest.config import EntitySpec, IngestOptions
 from services.ingest.documents import Bad, Candidate, DocumentBuilder
 from services.ingest.ids import content_hash, source_doc_id
@@ -163,7 +163,7 @@ def test_fuzz_builder_always_answers(data: bytes) -> None:
 
 # -- generated records ---------------------------------------------------------------------
 
-SEED = Path(__file__).resolve().parents[2] / "data" / "twitter-financial-news"
+SEED = seed_dir()
 
 WORDS = [
     "$AAPL",

@@ -16,9 +16,9 @@ import pytest
 import redis
 from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import REGISTRY
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import reason_name
-from sentiflow.v1 import events_pb2
 from services.ingest.config import IngestOptions
 from services.ingest.dedup import DedupKey, Deduplicator, Reservation, Verdict
 from services.ingest.documents import Bad, Candidate, DocumentBuilder, Item

@@ -13,10 +13,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import Settings
 from sentiflow.readback import read_topic
-from sentiflow.v1 import events_pb2
 from services.ingest.config import IngestSettings
 from services.ingest.main import settings_from_args
 from stack.cli import build_parser

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import Settings
 from sentiflow.dlq import Rejection, dlq_output, rejected
 from sentiflow.kafka import Output, Record, make_producer, produce_and_wait
 from sentiflow.readback import read_topic
-from sentiflow.v1 import events_pb2
 from stack.dlqtools import REDRIVE_HEADER
 from tests.stack.conftest import Cli
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import Settings, TopicNames
 from sentiflow.kafka import Output, consumer_config, make_producer, produce_and_wait
-from sentiflow.v1 import events_pb2
 from stack.topictools import RecordFilter, resolve_topic, tail
 from tests.stack.conftest import Cli
 

@@ -16,11 +16,11 @@ from typing import Any
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import SecretStr
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.apikeys import ApiKey, api_keys
 from sentiflow.config import KafkaSettings, RedisSettings, RegistrySettings, TopicNames
 from sentiflow.topics import admin_client, create_topics, topic_specs
-from sentiflow.v1 import events_pb2
 from services.console.config import ConsoleOptions, ConsoleSettings
 from services.feedback.config import FeedbackOptions, FeedbackSettings
 from services.feedback.keys import Keys

@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from sentiflow_client.v1 import events_pb2
+
 from sentiflow.config import KafkaSettings
 from sentiflow.kafka import Output, make_producer, produce_and_wait
 from sentiflow.readback import read_topic
-from sentiflow.v1 import events_pb2
 from services.feedback.config import FeedbackSettings
 from services.feedback.main import run
 from stack import devstack

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import NoReturn, Protocol, cast
 
 import grpc
+from sentiflow_client.v1 import events_pb2
 from tokenizers import Encoding
 
 from sentiflow.models.versions import ModelVersion
-from sentiflow.v1 import events_pb2
 from services.inference.backends import Prediction
 from services.inference.tokenization import BatchTokenizer, Encoded
 

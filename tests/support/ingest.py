@@ -6,11 +6,11 @@ import time
 import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings
 from sentiflow.dlq import reason_name
 from sentiflow.kafka import consumer_config
-from sentiflow.v1 import events_pb2
 from services.ingest.config import IngestOptions, IngestSettings
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import SecretStr
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import RegistrySettings
 from sentiflow.models.signing import sign
-from sentiflow.v1 import events_pb2
 
 TEST_SIGNING_KEY = SecretStr("test-registry-signing-key")
 OTHER_SIGNING_KEY = SecretStr("someone-elses-key")

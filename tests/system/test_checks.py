@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.message import DecodeError
 from pydantic import SecretStr
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import RegistrySettings
 from sentiflow.models.admission import (
@@ -21,7 +22,6 @@ from sentiflow.models.admission import (
     confined_uri,
 )
 from sentiflow.models.signing import sign
-from sentiflow.v1 import events_pb2
 from stack.system import checks
 from stack.system.checks import AlertKey, DeadLetter, Example, Scored
 from stack.system.faults import group_rss_kb, kill_plan

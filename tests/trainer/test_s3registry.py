@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sentiflow_client.v1 import events_pb2
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sentiflow.config import RegistrySettings, Settings
@@ -22,7 +23,6 @@ from sentiflow.models.signing import sign
 from sentiflow.models.tiny import LABELS, make_checkpoint
 from sentiflow.models.versions import VersionWatcher
 from sentiflow.readback import read_topic
-from sentiflow.v1 import events_pb2
 from services.inference.config import InferenceOptions
 from services.inference.models import ModelManager
 from stack.cli import main as cli_main

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from sentiflow_client import ClassifierClient
+from sentiflow_client.v1 import events_pb2
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sentiflow.config import RegistrySettings, Settings
@@ -16,8 +18,6 @@ from sentiflow.models.publish import Publisher
 from sentiflow.models.registry import Registry
 from sentiflow.models.tiny import make_checkpoint
 from sentiflow.readback import read_topic
-from sentiflow.v1 import events_pb2
-from services.inference.client import ClassifierClient
 from services.inference.config import InferenceOptions, InferenceSettings
 from services.inference.main import run as run_inference
 from services.trainer.config import TrainerOptions, TrainerSettings

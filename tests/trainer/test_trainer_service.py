@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+from sentiflow_client.v1 import events_pb2
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sentiflow.config import RegistrySettings, Settings
@@ -24,7 +25,6 @@ from sentiflow.models.publish import Publisher
 from sentiflow.models.registry import Registry
 from sentiflow.models.tiny import make_checkpoint
 from sentiflow.readback import read_topic
-from sentiflow.v1 import events_pb2
 from services.trainer.config import TrainerOptions, TrainerSettings
 from services.trainer.data import in_holdout
 from services.trainer.gate import GateConfig
@@ -292,7 +292,7 @@ def test_a_rejected_rounds_examples_are_trained_in_the_next_round(
     # The round reported its training on /metrics as it went, and finished it.
     done = REGISTRY.get_sample_value("sentiflow_trainer_training_steps_done")
     assert done == meta["training"]["steps"]
-    assert done == REGISTRY.get_sample_value("sentiflow_trainer_training_steps_total")
+    assert done == REGISTRY.get_sample_value("sentiflow_trainer_training_steps_planned")
 
 
 class _Clock:

@@ -11,12 +11,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from sentiflow_client.v1 import events_pb2
+
 from sentiflow.config import KafkaSettings
 from sentiflow.dlq import decode
 from sentiflow.kafka import Output, Record, make_consumer, make_producer
 from sentiflow.lifecycle import install_stop_handlers
 from sentiflow.loop import LoopConfig, Outcome, ProcessingLoop
-from sentiflow.v1 import events_pb2
 
 
 def relay_handler(out_topic: str) -> Callable[[Sequence[Record]], list[Outcome]]:

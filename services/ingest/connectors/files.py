@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from sentiflow_client.v1 import events_pb2
+
 from sentiflow.dlq import RejectError, Rejection
-from sentiflow.v1 import events_pb2
 from services.ingest import metrics
 from services.ingest.checkpoint import FileState, State, Watermark, load_state, save_state
 from services.ingest.config import IngestOptions

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pyexpat import XML_PARAM_ENTITY_PARSING_NEVER, ExpatError, ParserCreate
 from urllib.parse import urlsplit
 
+from sentiflow_client.v1 import events_pb2
+
 from sentiflow.dlq import Rejection
-from sentiflow.v1 import events_pb2
 from services.ingest import metrics
 from services.ingest.config import FeedSpec, IngestOptions
 from services.ingest.decode import RawFields

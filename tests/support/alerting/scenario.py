@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sentiflow.v1 import events_pb2
+from sentiflow_client.v1 import events_pb2
+
 from services.alerting.config import AlertingOptions
 from services.alerting.detector import DetectorConfig
 
