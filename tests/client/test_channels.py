@@ -212,7 +212,11 @@ class Recorder(grpc.GenericRpcHandler):
             self._record(method, context)
             return b""
 
-        def stream(_requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        def stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+            # Read the client's half first: ending the call while the client is still
+            # sending would race its last write, which then fails as INTERNAL.
+            for _ in requests:
+                pass
             self._record(method, context)
             yield b""
 
