@@ -75,6 +75,8 @@ proto: $(STAMP)  ## regenerate the client's sentiflow_client.v1 from proto/
 	PATH=$(dir $(PY)):$$PATH $(PY) -m grpc_tools.protoc -Iproto --python_out=build/proto \
 	  --grpc_python_out=build/proto --mypy_out=build/proto --mypy_grpc_out=build/proto $(PROTOS)
 	$(PY) $(CLIENT)/copy_generated.py build/proto/sentiflow/v1 $(GENERATED)
+	@# The descriptor set for Kafka UIs and Connect; its bytes follow the order of the files.
+	$(PY) -m grpc_tools.protoc -Iproto --include_imports --descriptor_set_out=$(GENERATED)/sentiflow.desc $(sort $(PROTOS))
 
 proto-check: proto  ## fail when the committed generated code is stale
 	git diff --exit-code -- $(GENERATED) || (echo "generated code is stale: run 'make proto' and commit" && exit 1)

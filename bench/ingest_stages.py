@@ -20,15 +20,16 @@ from typing import TypeVar
 import redis
 
 from sentiflow.config import KafkaSettings
+from sentiflow.ids import content_hash, source_doc_id
 from sentiflow.kafka import make_producer
+from sentiflow.normalize import normalize_text
+from sentiflow.strictjson import parse_json_bytes
 from services.ingest.config import IngestOptions
 from services.ingest.connectors.files import RecordReader
-from services.ingest.decode import FieldExtractor, parse_json_bytes
+from services.ingest.decode import FieldExtractor
 from services.ingest.dedup import DedupKey, Deduplicator
 from services.ingest.documents import Candidate, DocumentBuilder
 from services.ingest.entities import EntityMatcher
-from services.ingest.ids import content_hash, source_doc_id
-from services.ingest.normalize import normalize_text
 from services.ingest.publisher import RESERVE_DOCS_PER_CALL
 
 STAGES = (

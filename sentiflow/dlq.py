@@ -12,6 +12,7 @@ from sentiflow_client.v1 import events_pb2
 
 from sentiflow.errors import InvalidInputError, Reason
 from sentiflow.kafka import Output, Record
+from sentiflow.wire import dead_letter_headers
 
 __all__ = [
     "MAX_ORIGINAL_BYTES",
@@ -99,12 +100,14 @@ def rejected(
 
 
 def dlq_output(rejection: Rejection, record: Record, *, dlq_topic: str, service: str) -> Output:
-    """The docs.dlq record for a consumed record that could not be processed."""
+    """The docs.dlq record for a consumed record that could not be processed; it
+    carries the record's headers, which a redrive sends back with the bytes."""
     source = f"kafka:{record.topic}"
     msg = rejected(
         rejection, original=record.value or b"", source=source, service=service, record=record
     )
-    return Output(dlq_topic, msg.SerializeToString(), key=source.encode())
+    headers = dead_letter_headers(record.headers, reason=rejection.reason_name, service=service)
+    return Output.of(dlq_topic, msg, key=source.encode(), headers=headers)
 
 
 def decode(record: Record, message_type: type[M]) -> M:

@@ -7,7 +7,7 @@ import os
 import signal
 import ssl
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib.util import find_spec
 from typing import Any
 
@@ -15,7 +15,7 @@ import faust
 
 from sentiflow.config import KafkaSettings
 from sentiflow.health import HealthServer, ReadinessProbe
-from sentiflow.kafka import Record
+from sentiflow.kafka import Headers, Record
 from sentiflow.topics import TopicSpec, admin_client, create_topics
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,16 @@ def record_of(message: Any) -> Record:
         offset=message.offset,
         key=message.key,
         value=message.value,
-        headers=[],
+        headers=_headers(message.headers),
         timestamp_ms=int(timestamp * 1000) if timestamp else None,
     )
+
+
+def _headers(raw: Any) -> Headers:
+    """Faust's headers (a list of pairs or a mapping) as the shared list of pairs, so
+    that a dead letter keeps them."""
+    items = raw.items() if isinstance(raw, Mapping) else (raw or [])
+    return [(k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in items]
 
 
 def prepare_topics(

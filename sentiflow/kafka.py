@@ -8,12 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
+from google.protobuf.message import Message as ProtoMessage
 
 from sentiflow.config import KafkaSettings
+from sentiflow.wire import protobuf_content_type, with_content_type
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+# What ``Producer.produce`` takes: values may also be text, or None.
+ProducerHeaders = list[tuple[str, str | bytes | None]]
 
 
 def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
@@ -96,12 +100,35 @@ def _headers(msg: Message) -> Headers:
 
 @dataclass(frozen=True)
 class Output:
-    """A record to produce as the result of processing an input."""
+    """A record to produce as the result of processing an input.
+
+    ``content_type`` becomes the record's ``content-type`` header when it is produced
+    (unless ``headers`` name one), so that a reader outside sentiflow knows what the
+    bytes are; ``Output.of`` sets it from the message.
+    """
 
     topic: str
     value: bytes | None  # None: a tombstone
     key: bytes | None = None
     headers: Headers | None = None
+    content_type: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        topic: str,
+        message: ProtoMessage,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> Output:
+        """A protobuf message as a record that names its type."""
+        return cls(topic, message.SerializeToString(), key, headers, protobuf_content_type(message))
+
+    def record_headers(self) -> Headers | None:
+        """The headers to produce: ``headers``, with the content type added."""
+        if self.content_type is None:
+            return list(self.headers) if self.headers else None
+        return with_content_type(self.headers, self.content_type)
 
 
 class DeliveryError(RuntimeError):
@@ -110,13 +137,14 @@ class DeliveryError(RuntimeError):
 
 def produce(producer: Producer, output: Output, on_delivery: Any = None) -> None:
     """Produce, waiting for room when the local queue is full instead of failing."""
+    headers = output.record_headers()
     while True:
         try:
             producer.produce(
                 output.topic,
                 value=output.value,
                 key=output.key,
-                headers=list(output.headers) if output.headers else None,
+                headers=list(headers) if headers else None,
                 on_delivery=on_delivery,
             )
             return

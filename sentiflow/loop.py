@@ -31,6 +31,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from prometheus_client import Counter
 from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import Rejection, dlq_output, rejection_of
@@ -39,6 +40,14 @@ from sentiflow.kafka import DeliveryError, Output, Record, flush, produce
 from sentiflow.offsets import OffsetTracker, TopicPartitionKey
 
 log = logging.getLogger(__name__)
+
+# Ingest and alerting dead-letter outside this loop and count theirs in their own
+# metrics (sentiflow_ingest_rejected_total, sentiflow_alerting_dead_letters_total).
+DEAD_LETTERS = Counter(
+    "sentiflow_dead_letters",
+    "Consumed records this stage sent to docs.dlq, by reason",
+    ["service", "reason"],
+)
 
 Outcome = Sequence[Output] | Rejection
 BatchHandler = Callable[[Sequence[Record]], Sequence[Outcome]]
@@ -268,6 +277,7 @@ class ProcessingLoop:
             tp = (record.topic, record.partition)
             if isinstance(outcome, Rejection):
                 self.stats.dead_lettered += 1
+                DEAD_LETTERS.labels(self._config.service, outcome.reason_name).inc()
                 log.info(
                     "dead-lettered %s@%d: %s",
                     record.topic,

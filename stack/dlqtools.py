@@ -1,11 +1,12 @@
 """``sentiflow dlq list`` and ``sentiflow dlq redrive``: dead letters, read and sent back.
 
 A dead letter from a Kafka consumer (``sentiflow.dlq.dlq_output``) keeps the topic,
-partition, offset, key and bytes of the record it could not use; once whatever made
-it fail is fixed (a model that can decode it, a bug), redriving produces those bytes
-and that key again to the same topic and partition, so the service meets the record
-as it first did. Ingest's rejections came from a channel, not a topic, and their
-bytes are channel input rather than a message: they are listed, never redriven.
+partition, offset, key, headers and bytes of the record it could not use; once
+whatever made it fail is fixed (a model that can decode it, a bug), redriving produces
+those bytes, that key and those headers (minus the letter's own diagnostic headers,
+``sentiflow.wire``) again to the same topic and partition, so the service meets the
+record as it first did. Ingest's rejections came from a channel, not a topic, and
+their bytes are channel input rather than a message: they are listed, never redriven.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import KafkaSettings
 from sentiflow.dlq import reason_name
-from sentiflow.kafka import make_producer
+from sentiflow.kafka import Headers, make_producer
+from sentiflow.wire import original_headers
 from stack.topictools import (
     ADMIN_TIMEOUT_S,
     ToolError,
@@ -49,6 +51,7 @@ class DeadLetter:
     partition: int  # where the letter itself is, on docs.dlq
     offset: int
     rejected: events_pb2.Rejected
+    headers: Headers = field(default_factory=list)  # the letter's own record headers
 
     @property
     def reason(self) -> str:
@@ -130,7 +133,7 @@ def read_dead_letters(
             except (DecodeError, RecursionError, ValueError):
                 found.undecodable.append((record.partition, record.offset))
                 continue
-            letter = DeadLetter(record.partition, record.offset, rejected)
+            letter = DeadLetter(record.partition, record.offset, rejected, record.headers)
             if selection.matches(letter):
                 found.letters.append(letter)
                 if max_letters is not None and len(found.letters) >= max_letters:
@@ -173,6 +176,13 @@ class Redriven:
         key = text_or_base64(r.key) if r.key else None
         verb = "would send" if dry_run else "sent      "
         return f"{verb}  {head} -> {target} key={key!r} {len(r.original)} bytes"
+
+
+def redrive_headers(letter: DeadLetter, dlq_topic: str) -> Headers:
+    """The original record's headers, minus the letter's own, plus where it came from
+    (replacing the mark of an earlier redrive)."""
+    kept = [(k, v) for k, v in original_headers(letter.headers) if k != REDRIVE_HEADER]
+    return [*kept, (REDRIVE_HEADER, f"{dlq_topic}/{letter.where}".encode())]
 
 
 def refusal(letter: DeadLetter, partitions: dict[str, int]) -> str | None:
@@ -236,7 +246,7 @@ def redrive(
             r.topic,
             value=r.original,
             key=r.key or None,
-            headers=[(REDRIVE_HEADER, f"{dlq_topic}/{letter.where}".encode())],
+            headers=list(redrive_headers(letter, dlq_topic)),
             on_delivery=report(len(outcome) - 1),
             **kwargs,
         )

@@ -80,7 +80,7 @@ class Publisher:
         event = to_event(info, shadow_share, self._key)
         produce_and_wait(
             self._producer,
-            [Output(self._topic, event.SerializeToString(), key=info.model_name.encode())],
+            [Output.of(self._topic, event, key=info.model_name.encode())],
         )
         return event
 

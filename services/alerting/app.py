@@ -38,8 +38,9 @@ from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import RejectError, Rejection, decode, dlq_output, rejected
 from sentiflow.faustworker import credentials, record_of
-from sentiflow.kafka import Record
+from sentiflow.kafka import Headers, Record
 from sentiflow.topics import TopicSpec
+from sentiflow.wire import CONTENT_TYPE_HEADER, protobuf_content_type, with_content_type
 from services.alerting import metrics
 from services.alerting.config import AlertingSettings
 from services.alerting.detector import AlertEvent, JsonValue
@@ -146,8 +147,11 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
             else:
                 state[key] = value
 
-    async def dead_letter(output_key: bytes, value: bytes, reason: str) -> None:
-        await (await dlq.send(key=output_key, value=value))
+    async def dead_letter(
+        output_key: bytes, value: bytes, reason: str, headers: Headers | None = None
+    ) -> None:
+        sent = with_content_type(headers, protobuf_content_type(events_pb2.Rejected))
+        await (await dlq.send(key=output_key, value=value, headers=sent))
         metrics.DEAD_LETTERS.labels(reason).inc()
 
     async def publish(partition: int, events: Sequence[AlertEvent]) -> None:
@@ -155,7 +159,13 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
         await app.producer.flush()
         for event in events:
             message = alert_message(event)
-            await (await alerts.send(key=event.entity.encode(), value=message.SerializeToString()))
+            await (
+                await alerts.send(
+                    key=event.entity.encode(),
+                    value=message.SerializeToString(),
+                    headers=[(CONTENT_TYPE_HEADER, protobuf_content_type(message).encode())],
+                )
+            )
             metrics.ALERTS.labels(event.kind, event.severity).inc()
             log.info(
                 "alert %s",
@@ -217,7 +227,9 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
 
     async def reject(record: Record, rejection: Rejection) -> None:
         out = dlq_output(rejection, record, dlq_topic=dlq_name, service=SERVICE)
-        await dead_letter(out.key or b"", out.value or b"", rejection.reason_name)
+        await dead_letter(
+            out.key or b"", out.value or b"", rejection.reason_name, out.record_headers()
+        )
 
     async def detect(stream: Any) -> None:
         async for event in stream.events():

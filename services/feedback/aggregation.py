@@ -268,9 +268,7 @@ class Aggregation:
             if step.settled is not None:
                 if step.state.text:
                     ex = records.example(signal.doc_id, signal.model, step.state.text, step.settled)
-                    outputs.append(
-                        Output(cfg.examples_topic, ex.SerializeToString(), signal.doc_id.encode())
-                    )
+                    outputs.append(Output.of(cfg.examples_topic, ex, signal.doc_id.encode()))
                 else:
                     log.warning("settled %r has no text: no example published", signal.doc_id)
             if outputs:

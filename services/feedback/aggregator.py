@@ -115,7 +115,7 @@ class FeedbackWorker:
         for out in outputs:
             topic = self._outputs[out.topic]
             try:
-                await (await topic.send(key=out.key, value=out.value))
+                await (await topic.send(key=out.key, value=out.value, headers=out.record_headers()))
             except Exception as exc:  # aiokafka's errors: the aggregation retries
                 raise OutputUnavailableError(f"{out.topic}: {exc!r}") from exc
 

@@ -42,7 +42,7 @@ class EventPublisher:
         futures: list[Future[None]] = []
         for event in events:
             future: Future[None] = Future()
-            output = Output(self._topic, event.SerializeToString(), event.doc_id.encode())
+            output = Output.of(self._topic, event, event.doc_id.encode())
             produce(self._producer, output, _resolve(future))
             futures.append(future)
         return futures

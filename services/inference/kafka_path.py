@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 from sentiflow_client.v1 import events_pb2
 
-from sentiflow.dlq import RejectError, decode, now_timestamp, rejection_of
+from sentiflow.dlq import RejectError, now_timestamp, rejection_of
 from sentiflow.errors import InvalidInputError
+from sentiflow.jsondocuments import INGEST_RULES, DocumentRules, decode_document
 from sentiflow.kafka import Output, Record
 from sentiflow.loop import BatchHandler, Outcome
 from services.inference import metrics
@@ -96,8 +97,12 @@ def make_handler(
     models: Sequence[str] = (),
     store: AnswerStore | None = None,
     shadow_wait_s: float = SHADOW_WAIT_S,
+    rules: DocumentRules = INGEST_RULES,
 ) -> BatchHandler:
     """Classify a batch of records; undecodable or unusable ones become rejections.
+
+    A record is a protobuf Document or a JSON one (``sentiflow.jsondocuments``); a
+    JSON Document is normalised under ``rules``, ingest's, and given ingest's id.
 
     The batcher call blocks while its queue is full, which is what pauses consumption
     under load (the loop polls again only when this returns).
@@ -109,7 +114,7 @@ def make_handler(
         accepted: list[tuple[int, events_pb2.Document, str]] = []
         for i, record in enumerate(records):
             try:
-                doc = decode(record, events_pb2.Document)
+                doc = decode_document(record, rules)
                 if not doc.id:
                     raise RejectError(events_pb2.REJECT_REASON_MISSING_FIELD, "document has no id")
                 accepted.append((i, doc, _document_text(doc, max_chars)))
@@ -133,9 +138,7 @@ def make_handler(
                     metrics.END_TO_END.observe(
                         max(0.0, now - doc.ingested_at.ToNanoseconds() / 1e9)
                     )
-                outcomes[i] = [
-                    Output(out_topic, prediction.SerializeToString(), key=records[i].key)
-                ]
+                outcomes[i] = [Output.of(out_topic, prediction, key=records[i].key)]
         return [o for o in outcomes if o is not None]
 
     return handle

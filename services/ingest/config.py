@@ -10,6 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sentiflow.apikeys import ApiKeys
 from sentiflow.config import Settings
+from sentiflow.normalize import (
+    DEFAULT_MAX_FUTURE_SKEW_S,
+    DEFAULT_MAX_TEXT_CHARS,
+    DEFAULT_OVER_LIMIT,
+)
 
 
 class _Section(BaseModel):
@@ -69,13 +74,17 @@ class IngestOptions(_Section):
     stdin_format: Literal["text", "jsonl"] = "text"
 
     # -- normalisation ------------------------------------------------------------------
-    max_text_chars: int = Field(default=5_000, ge=1, description="code points, after cleaning")
-    over_limit: Literal["truncate", "reject"] = "truncate"
+    max_text_chars: int = Field(
+        default=DEFAULT_MAX_TEXT_CHARS, ge=1, description="code points, after cleaning"
+    )
+    over_limit: Literal["truncate", "reject"] = DEFAULT_OVER_LIMIT
     # Larger records are rejected as too_large before any decoding work is spent.
     max_record_bytes: int = Field(default=256 * 1024, ge=64)
     strip_html: bool = True
     max_future_skew_s: float = Field(
-        default=86_400.0, ge=0, description="later timestamps are clamped to now and flagged"
+        default=DEFAULT_MAX_FUTURE_SKEW_S,
+        ge=0,
+        description="later timestamps are clamped to now and flagged",
     )
     fields: FieldMap = FieldMap()
     entities: list[EntitySpec] = []

@@ -18,29 +18,22 @@ from sentiflow_client.v1 import events_pb2
 from sentiflow_client.v1.events_pb2 import Document
 
 from sentiflow.dlq import RejectError, Rejection
-from sentiflow.text import clean_for_model
-from services.ingest.config import IngestOptions
-from services.ingest.decode import (
-    FieldExtractor,
-    RawFields,
-    decode_line,
-    parse_csv_record,
-    parse_json_bytes,
-)
-from services.ingest.entities import EntityMatcher, load_entities_file
-from services.ingest.ids import content_hash, source_doc_id
-from services.ingest.normalize import (
+from sentiflow.ids import content_hash, source_doc_id
+from sentiflow.normalize import (
     EPOCH_SECONDS_BELOW,
+    TIME_FLAG_ATTRIBUTE,
+    clean_title,
     normalize_text,
     parse_time,
-    strip_html,
 )
+from sentiflow.strictjson import decode_line, parse_json_bytes
+from services.ingest.config import IngestOptions
+from services.ingest.decode import FieldExtractor, RawFields, parse_csv_record
+from services.ingest.entities import EntityMatcher, load_entities_file
 from services.ingest.redact import Redactor
 
 log = logging.getLogger(__name__)
 
-MAX_TITLE_CHARS = 1000
-TIME_FLAG_ATTRIBUTE = "published_at_flag"
 REDACTED_ATTRIBUTE = "redacted"
 _NS = 1_000_000_000
 
@@ -276,8 +269,4 @@ class DocumentBuilder:
         return cached[1], cached[2]
 
     def _title(self, title: str) -> str:
-        if not title:
-            return title
-        if self.options.strip_html:
-            title = strip_html(title)
-        return clean_for_model(title)[:MAX_TITLE_CHARS]
+        return clean_title(title, html_markup=self._html)

@@ -20,9 +20,11 @@ from typing import Any, cast
 
 import redis
 from confluent_kafka import KafkaException, Producer
+from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import rejected
-from sentiflow.kafka import flush
+from sentiflow.kafka import ProducerHeaders, flush
+from sentiflow.wire import CONTENT_TYPE_HEADER, protobuf_content_type
 from services.ingest import metrics
 from services.ingest.dedup import DedupKey, Deduplicator, Reservation, Verdict
 from services.ingest.documents import Bad, Candidate
@@ -47,6 +49,14 @@ from services.ingest.flights import (
 __all__ = ["Batch", "Outcome", "Publisher", "QueueFullError"]
 
 log = logging.getLogger(__name__)
+
+# Every record says what it carries (``sentiflow.wire``); made once, not per record.
+DOCUMENT_HEADERS: ProducerHeaders = [
+    (CONTENT_TYPE_HEADER, protobuf_content_type(events_pb2.Document).encode())
+]
+REJECTED_HEADERS: ProducerHeaders = [
+    (CONTENT_TYPE_HEADER, protobuf_content_type(events_pb2.Rejected).encode())
+]
 
 SERVICE = "ingest"
 # Reservation calls: batches gather into one call of up to this many documents, and
@@ -213,14 +223,18 @@ class Publisher:
             )
             dead_letter = (msg.SerializeToString(), item.source.encode())
             flight.dead_letters[i] = dead_letter
-            self._send(flight, self._dlq_topic, *dead_letter)
+            self._send(flight, self._dlq_topic, *dead_letter, REJECTED_HEADERS)
 
-    def _send(self, flight: Flight, topic: str, value: bytes, key: bytes) -> None:
+    def _send(
+        self, flight: Flight, topic: str, value: bytes, key: bytes, headers: ProducerHeaders
+    ) -> None:
         """Produce one record, waiting for room in librdkafka's queue when it is full."""
         flight.unacked += 1
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=flight.on_delivery)
+                self._producer.produce(
+                    topic, value, key, on_delivery=flight.on_delivery, headers=headers
+                )
                 return
             except BufferError:
                 self._producer.poll(0.05)
@@ -231,15 +245,17 @@ class Publisher:
         produce = self._producer.produce
         topic = self._docs_topic
         callback = flight.on_delivery
+        headers = DOCUMENT_HEADERS
         flight.reserved.extend(indexes)
         flight.unacked += len(indexes)
         for i in indexes:
             item = items[i]
             while True:
                 try:
-                    # produce(topic, value, key, partition, on_delivery): positional,
-                    # as keyword parsing costs a third of the call.
-                    produce(topic, item.value, item.key, -1, callback)
+                    # produce(topic, value, key, partition, on_delivery, callback,
+                    # timestamp, headers): positional, as keyword parsing costs a
+                    # third of the call.
+                    produce(topic, item.value, item.key, -1, callback, None, 0, headers)
                     break
                 except BufferError:
                     self._producer.poll(0.05)
@@ -247,10 +263,10 @@ class Publisher:
     def _resend(self, flight: Flight, index: int) -> None:
         flight.unacked -= 1  # _send counts it again
         if index in flight.dead_letters:
-            self._send(flight, self._dlq_topic, *flight.dead_letters[index])
+            self._send(flight, self._dlq_topic, *flight.dead_letters[index], REJECTED_HEADERS)
         else:
             item = cast(Candidate, flight.batch.items[index])
-            self._send(flight, self._docs_topic, item.value, item.key)
+            self._send(flight, self._docs_topic, item.value, item.key, DOCUMENT_HEADERS)
 
     def _reserve_due(self) -> None:
         """Start reservations that are due (new documents, or busy ones to ask about

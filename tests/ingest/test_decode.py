@@ -10,17 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sentiflow import strictjson
 from sentiflow.dlq import RejectError, reason_name
-from services.ingest import decode
+from sentiflow.strictjson import decode_bytes, parse_json, parse_json_bytes
 from services.ingest.config import FieldMap
 from services.ingest.decode import (
     csv_fields,
-    decode_bytes,
     json_body,
     json_record,
     parse_csv_record,
-    parse_json,
-    parse_json_bytes,
 )
 
 FIELDS = FieldMap(attributes=["lang_hint", "meta.score"])
@@ -320,7 +318,7 @@ def test_ordinary_records_never_need_the_strict_parser(monkeypatch: pytest.Monke
     def refuse(text: str) -> object:
         raise AssertionError(f"the strict parser ran for {text!r}")
 
-    monkeypatch.setattr(decode, "parse_json", refuse)
+    monkeypatch.setattr(strictjson, "parse_json", refuse)
     lines = [
         b'{"id": "tw-1", "text": "$AAPL up: https://t.co/x", "published_at": 1700000000}',
         json.dumps({"id": 7, "text": "caf\u00e9 \u201c$SAP\u201d \U0001f680", "n": -1.5}).encode(),

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import reason_name
+from sentiflow.ids import content_hash, source_doc_id
+from sentiflow.normalize import parse_time
 from sentiflow.seed import seed_dir
 from services.ingest.config import EntitySpec, IngestOptions
 from services.ingest.documents import Bad, Candidate, DocumentBuilder
-from services.ingest.ids import content_hash, source_doc_id
-from services.ingest.normalize import parse_time
 
 NOW_NS = 1_790_000_000_123_456_789
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sentiflow.dlq import RejectError, reason_name
+from sentiflow.normalize import normalize_text, parse_time, strip_html
 from sentiflow.text import clean_for_model
-from services.ingest.normalize import normalize_text, parse_time, strip_html
 
 NOW_NS = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp()) * 1_000_000_000
 

@@ -214,6 +214,7 @@ class FakeProducer:
     refuse: Callable[[str, bytes, int], KafkaError | None] = lambda _t, _v, _n: None
     hold: bool = False  # no report at all, as with an unreachable broker
     produced: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    headers: list[list[tuple[str, bytes]]] = field(default_factory=list)
     _reports: deque[tuple[Callable[..., None], FakeMessage, KafkaError | None]] = field(
         default_factory=deque
     )
@@ -225,9 +226,13 @@ class FakeProducer:
         key: bytes,
         partition: int = -1,
         on_delivery: Callable[..., None] | None = None,
+        callback: Callable[..., None] | None = None,
+        timestamp: int = 0,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         assert on_delivery is not None
         self.produced.append((topic, value, key))
+        self.headers.append(headers or [])
         times = sum(1 for t, v, _ in self.produced if (t, v) == (topic, value))
         self._reports.append(
             (on_delivery, FakeMessage(topic, value, key), self.refuse(topic, value, times))
@@ -377,6 +382,8 @@ def test_without_dedup_every_document_is_published(
     docs = [doc("a"), doc("b", "id-b"), doc("c")]
     results = publish(run(producer), connector, docs)
     assert producer.produced == [(DOCS, d.value, d.key) for d in docs]
+    document_type = b"application/x-protobuf; messageType=sentiflow.v1.Document"
+    assert producer.headers == [[("content-type", document_type)]] * 3
     assert [outcomes for _, outcomes in results.done] == [[Outcome.PUBLISHED] * 3]
     assert counted("published", connector=connector) == 3
 

@@ -136,3 +136,41 @@ def test_unknown_reasons_are_refused_with_the_known_ones(
     err = capsys.readouterr().err
     assert "unknown --reason bogus" in err
     assert "proto_decode" in err
+
+
+@pytest.mark.integration
+def test_redrive_sends_the_original_headers_back_without_the_letters_own(
+    cli_env: Settings, cli: Cli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topics = cli_env.topics
+    raw, dlq = topics.full(topics.docs_raw), topics.full(topics.docs_dlq)
+    producer = make_producer(cli_env.kafka)
+    trace = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    sent_headers = [
+        ("traceparent", trace),
+        ("content-type", b"application/json"),
+        ("x-tenant", b"acme"),
+    ]
+    produce_and_wait(producer, [Output(raw, b'{"text": ', key=b"AAPL", headers=sent_headers)])
+    (original,) = [Record.from_message(m) for m in read_topic(cli_env.kafka, raw, expect=1)]
+    letter = dlq_output(
+        Rejection(events_pb2.REJECT_REASON_INVALID_JSON, "expecting value at char 9"),
+        original,
+        dlq_topic=dlq,
+        service="inference",
+    )
+    produce_and_wait(producer, [letter])
+    (stored,) = read_topic(cli_env.kafka, dlq, expect=1)
+    letter_headers = stored.headers() or []
+    assert ("content-type", b"application/x-protobuf; messageType=sentiflow.v1.Rejected") in (
+        letter_headers
+    )
+    assert ("sentiflow-dlq-reason", b"invalid_json") in letter_headers
+    assert ("traceparent", trace) in letter_headers
+
+    assert cli("dlq", "redrive", "--reason", "invalid_json") == 0
+    assert "sent 1 of 1" in capsys.readouterr().out
+    records = read_topic(cli_env.kafka, raw, expect=2, settle_s=1.0)
+    again = next(m for m in records if m.offset() != original.offset)
+    assert again.value() == b'{"text": '
+    assert again.headers() == [*sent_headers, (REDRIVE_HEADER, f"{dlq}/0@0".encode())]

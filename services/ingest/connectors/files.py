@@ -23,11 +23,12 @@ from typing import IO, Any, Literal
 from sentiflow_client.v1 import events_pb2
 
 from sentiflow.dlq import RejectError, Rejection
+from sentiflow.strictjson import decode_bytes, foreign_bom
 from services.ingest import metrics
 from services.ingest.checkpoint import FileState, State, Watermark, load_state, save_state
 from services.ingest.config import IngestOptions
 from services.ingest.connectors.base import ConnectorError, drain
-from services.ingest.decode import decode_bytes, foreign_bom, parse_csv_record
+from services.ingest.decode import parse_csv_record
 from services.ingest.documents import DocumentBuilder, Item
 from services.ingest.publisher import Batch, Outcome, Publisher
 from services.ingest.workers import BuildPool, Oversized, Shipped, build_items, built

@@ -14,10 +14,10 @@ import time
 from typing import BinaryIO, Literal
 
 from sentiflow.dlq import RejectError
+from sentiflow.strictjson import decode_bytes
 from services.ingest import metrics
 from services.ingest.config import IngestOptions
 from services.ingest.connectors.base import ConnectorError, drain
-from services.ingest.decode import decode_bytes
 from services.ingest.documents import DocumentBuilder, Item
 from services.ingest.publisher import Batch, Outcome, Publisher
 

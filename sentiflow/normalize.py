@@ -3,7 +3,8 @@
 The model and the document id see the cleaned text (``sentiflow.text.clean_for_model``
 plus HTML stripping here), so invisible differences between two copies of a text
 never make two documents. Timestamps become UTC nanoseconds; absurd ones are flagged
-instead of breaking the windows downstream.
+instead of breaking the windows downstream. Ingest and inference's JSON Documents
+apply the same rules, so a document gets the same text and id by either path.
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ _BLOCK_TAGS = frozenset(
 )
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
+# Ingest's defaults, and the rules a JSON Document on docs.raw is normalised under.
+DEFAULT_MAX_TEXT_CHARS = 5_000
+DEFAULT_OVER_LIMIT: Literal["truncate", "reject"] = "truncate"
+DEFAULT_MAX_FUTURE_SKEW_S = 86_400.0
+MAX_TITLE_CHARS = 1000
+# Document.attributes key saying why a publication time was adjusted or dropped.
+TIME_FLAG_ATTRIBUTE = "published_at_flag"
+
 
 def strip_html(text: str) -> str:
     """Remove markup and decode entities; plain text passes through untouched."""
@@ -68,6 +77,15 @@ def strip_html(text: str) -> str:
     if "&" in text:
         text = html.unescape(text)
     return text
+
+
+def clean_title(title: str, *, html_markup: bool = True) -> str:
+    """A title as documents carry it: markup stripped, cleaned, cut to the limit."""
+    if not title:
+        return title
+    if html_markup:
+        title = strip_html(title)
+    return clean_for_model(title)[:MAX_TITLE_CHARS]
 
 
 class CleanText(NamedTuple):
