@@ -224,6 +224,20 @@ class RegistrySettings(_Section):
     export_onnx: bool = True
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry tracing (``sentiflow.tracing``); off, trace context in record
+    headers is still passed on unchanged from inputs to outputs."""
+
+    enabled: bool = False
+    # OTLP over gRPC; http:// is plaintext, https:// TLS. The compose observability
+    # overlay's collector listens here.
+    otlp_endpoint: str = "http://localhost:4317"
+    # The service.name spans carry; unset, the service's own name (inference, ...).
+    service_name: str | None = None
+    # Share of new traces recorded; a hop follows its input's decision.
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
 class DevStackSettings(_Section):
     """The embedded broker and Redis that ``sentiflow dev up`` starts."""
 
@@ -252,6 +266,7 @@ class Settings(BaseSettings):
     topics: TopicNames = TopicNames()
     registry: RegistrySettings = RegistrySettings()
     dev: DevStackSettings = DevStackSettings()
+    tracing: TracingSettings = TracingSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0: no metrics server")

@@ -34,6 +34,7 @@ from confluent_kafka import (
 from prometheus_client import Counter
 from sentiflow_client.v1 import events_pb2
 
+from sentiflow import tracing
 from sentiflow.dlq import Rejection, dlq_output, rejection_of
 from sentiflow.errors import InvalidInputError, is_transient
 from sentiflow.kafka import DeliveryError, Output, Record, flush, produce
@@ -59,6 +60,8 @@ class LoopConfig:
     dlq_topic: str
     service: str
     max_batch: int = 256
+    # The consumer group, for the messaging attributes of trace spans.
+    group: str | None = None
     poll_timeout_s: float = 0.2
     commit_interval_s: float = 1.0
     flush_timeout_s: float = 10.0
@@ -267,8 +270,10 @@ class ProcessingLoop:
         if not records:
             return
         started = time.monotonic()
+        started_ns = tracing.now_ns()
         try:
-            outcomes = process_safely(self._handler, records)
+            with tracing.batch(records, self._config.group):
+                outcomes = process_safely(self._handler, records)
         except Exception as exc:  # process_safely lets only transient failures through
             self._wait_out(records, exc)
             return
@@ -294,9 +299,13 @@ class ProcessingLoop:
                 ]
             else:
                 outputs = outcome
-            self._tracker.begin(tp, record.offset, len(outputs))
-            for output in outputs:
-                produce(self._producer, output, partial(self._on_delivery, tp, record.offset))
+            # Every output stays in its input's trace (tracing off: the input's
+            # trace-context headers, copied).
+            with tracing.consuming(record, self._config.group, started_ns) as context:
+                outputs = tracing.carrying(outputs, context)
+                self._tracker.begin(tp, record.offset, len(outputs))
+                for output in outputs:
+                    produce(self._producer, output, partial(self._on_delivery, tp, record.offset))
         self.stats.consumed += len(records)
         self.stats.last_batch_s = time.monotonic() - started
 

@@ -36,6 +36,7 @@ from typing import Any, cast
 import faust
 from sentiflow_client.v1 import events_pb2
 
+from sentiflow import tracing
 from sentiflow.dlq import RejectError, Rejection, decode, dlq_output, rejected
 from sentiflow.faustworker import credentials, record_of
 from sentiflow.kafka import Headers, Record
@@ -154,16 +155,19 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
         await (await dlq.send(key=output_key, value=value, headers=sent))
         metrics.DEAD_LETTERS.labels(reason).inc()
 
-    async def publish(partition: int, events: Sequence[AlertEvent]) -> None:
+    async def publish(partition: int, events: Sequence[AlertEvent], context: Headers) -> None:
+        """Publish alerts in the trace of the docs.scored record whose processing raised
+        (or, after a restore, republished) them: ``context`` is that record's."""
         # The outbox entries must be in the changelog before the alerts are visible.
         await app.producer.flush()
         for event in events:
             message = alert_message(event)
+            headers = [(CONTENT_TYPE_HEADER, protobuf_content_type(message).encode())]
             await (
                 await alerts.send(
                     key=event.entity.encode(),
                     value=message.SerializeToString(),
-                    headers=[(CONTENT_TYPE_HEADER, protobuf_content_type(message).encode())],
+                    headers=tracing.with_context(headers, context),
                 )
             )
             metrics.ALERTS.labels(event.kind, event.severity).inc()
@@ -205,12 +209,12 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
     # record of the partition rather than lost until a restart).
     unpublished: set[int] = set()
 
-    async def publish_pending(partition: int) -> None:
+    async def publish_pending(partition: int, context: Headers) -> None:
         if partition in unpublished:
-            await publish(partition, processor.pending(partition))
+            await publish(partition, processor.pending(partition), context)
             unpublished.discard(partition)
 
-    async def handle_scored(record: Record) -> None:
+    async def handle_scored(record: Record, context: Headers) -> None:
         partition = record.partition
         if not processor.owns(partition):
             pending = processor.restore(partition, state.items())
@@ -222,7 +226,7 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
             await reject(record, step.rejection)
         if step.alerts:
             unpublished.add(partition)
-        await publish_pending(partition)
+        await publish_pending(partition, context)
         observe_metrics(partition, step)
 
     async def reject(record: Record, rejection: Rejection) -> None:
@@ -235,7 +239,8 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
         async for event in stream.events():
             record = record_of(event.message)
             try:
-                await handle_scored(record)
+                with tracing.consuming(record, app.conf.id) as context:
+                    await handle_scored(record, context)
             except Exception as exc:
                 # One record must never stop the partition (or hang the worker): it
                 # goes to the dead letters with the error, and the stream goes on.
@@ -298,7 +303,8 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
             async for event in stream.events():
                 record = record_of(event.message)
                 try:
-                    await handle_alert(record)
+                    with tracing.consuming(record, app.conf.id):
+                        await handle_alert(record)
                 except Exception as exc:
                     metrics.ERRORS.labels("webhooks").inc()
                     log.exception("failed to notify webhooks")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from sentiflow import tracing
 from sentiflow.consumerlag import export_consumer_lag
 from sentiflow.faustworker import StartupError, preflight, prepare_topics, serve
 from sentiflow.logs import setup_logging
@@ -37,6 +38,7 @@ def run(settings: AlertingSettings, stop: threading.Event) -> int:
 def main() -> int:
     settings = AlertingSettings()
     setup_logging("alerting", settings.log_level, settings.log_format)
+    tracing.configure(settings.tracing, "alerting")
     return run(settings, threading.Event())
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import faust
 import redis.asyncio as aioredis
 
+from sentiflow import tracing
 from sentiflow.consumerlag import export_consumer_lag
 from sentiflow.faustworker import (
     StartupError,
@@ -39,7 +40,7 @@ from sentiflow.faustworker import (
     record_of,
     serve,
 )
-from sentiflow.kafka import Output
+from sentiflow.kafka import Headers, Output
 from sentiflow.logs import setup_logging
 from sentiflow.topics import topic_specs
 from services.feedback.aggregation import Aggregation, AggregationConfig, OutputUnavailableError
@@ -124,7 +125,14 @@ class FeedbackWorker:
         # before the next: Faust acknowledges a record when the agent asks for the
         # next one, so a commit never passes an unfinished record.
         async for event in stream.events():
-            await self.aggregation.handle(record_of(event.message), self._emit)
+            record = record_of(event.message)
+            with tracing.consuming(record, self.app.conf.id) as context:
+
+                async def emit(outputs: Sequence[Output], context: Headers = context) -> None:
+                    # training.examples and dead letters stay in the feedback's trace.
+                    await self._emit(tracing.carrying(outputs, context))
+
+                await self.aggregation.handle(record, emit)
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Ready while the consumer holds feedback.events partitions (follows rebalances)."""
@@ -160,6 +168,7 @@ def run(settings: FeedbackSettings, stop: threading.Event) -> int:
 def main() -> int:
     settings = FeedbackSettings()
     setup_logging(SERVICE, settings.log_level, settings.log_format)
+    tracing.configure(settings.tracing, SERVICE)
     return run(settings, threading.Event())
 
 

@@ -12,6 +12,7 @@ import threading
 
 from prometheus_client import REGISTRY
 
+from sentiflow import tracing
 from sentiflow.consumerlag import export_consumer_lag
 from sentiflow.grpcserver import create_server, set_serving
 from sentiflow.health import HealthServer
@@ -61,6 +62,7 @@ def run(settings: FeedbackSettings, stop: threading.Event) -> int:
             dlq_topic=topics.full(topics.docs_dlq),
             service="feedback",
             max_batch=options.store_batch,
+            group=group,
         ),
         stop=stop,
     )
@@ -126,6 +128,7 @@ def run(settings: FeedbackSettings, stop: threading.Event) -> int:
 def main() -> int:
     settings = FeedbackSettings()
     setup_logging("feedback", settings.log_level, settings.log_format)
+    tracing.configure(settings.tracing, "feedback")
     stop = threading.Event()
     install_stop_handlers(stop)
     return run(settings, stop)

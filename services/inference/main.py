@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from sentiflow import tracing
 from sentiflow.consumerlag import export_consumer_lag
 from sentiflow.grpcserver import create_server, set_serving
 from sentiflow.health import HealthServer
@@ -134,6 +135,7 @@ def run(settings: InferenceSettings, stop: threading.Event) -> int:
                     dlq_topic=topics.full(topics.docs_dlq),
                     service="inference",
                     max_batch=options.kafka_batch,
+                    group=group,
                 ),
                 stop=stop,
             )
@@ -153,6 +155,7 @@ def run(settings: InferenceSettings, stop: threading.Event) -> int:
 def main() -> int:
     settings = InferenceSettings()
     setup_logging("inference", settings.log_level, settings.log_format)
+    tracing.configure(settings.tracing, "inference")
     stop = threading.Event()
     install_stop_handlers(stop)
     return run(settings, stop)

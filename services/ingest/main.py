@@ -14,6 +14,7 @@ from typing import BinaryIO
 import redis
 from confluent_kafka import KafkaException, Producer
 
+from sentiflow import tracing
 from sentiflow.health import HealthServer
 from sentiflow.kafka import make_producer
 from sentiflow.lifecycle import install_stop_handlers
@@ -280,6 +281,7 @@ def main(args: argparse.Namespace | None = None) -> int:
     connector and its options come from the settings alone (as in a container)."""
     settings = IngestSettings() if args is None else settings_from_args(args)
     setup_logging("ingest", settings.log_level, settings.log_format)
+    tracing.configure(settings.tracing, "ingest")
     stop = threading.Event()
     install_stop_handlers(stop)
     return run(settings, stop)

@@ -22,6 +22,7 @@ import redis
 from confluent_kafka import KafkaException, Producer
 from sentiflow_client.v1 import events_pb2
 
+from sentiflow import tracing
 from sentiflow.dlq import rejected
 from sentiflow.kafka import ProducerHeaders, flush
 from sentiflow.wire import CONTENT_TYPE_HEADER, protobuf_content_type
@@ -63,6 +64,14 @@ SERVICE = "ingest"
 # the next call waits in line while Redis answers one, so Redis never waits for us.
 RESERVE_DOCS_PER_CALL = 4000
 RESERVE_CALLS_AHEAD = 2
+
+
+def _traced(topic: str, item: Candidate) -> ProducerHeaders:
+    """A document's headers with the context of the span that publishes it."""
+    context = tracing.publishing(
+        topic, item.key, name="ingest publish", attributes={"sentiflow.document.id": item.doc_id}
+    )
+    return [*DOCUMENT_HEADERS, *context]
 
 
 class QueueFullError(RuntimeError):
@@ -246,10 +255,14 @@ class Publisher:
         topic = self._docs_topic
         callback = flight.on_delivery
         headers = DOCUMENT_HEADERS
+        traced = tracing.enabled()
         flight.reserved.extend(indexes)
         flight.unacked += len(indexes)
         for i in indexes:
             item = items[i]
+            if traced:
+                # Each document starts its own trace, which every later hop continues.
+                headers = _traced(topic, item)
             while True:
                 try:
                     # produce(topic, value, key, partition, on_delivery, callback,
@@ -266,7 +279,8 @@ class Publisher:
             self._send(flight, self._dlq_topic, *flight.dead_letters[index], REJECTED_HEADERS)
         else:
             item = cast(Candidate, flight.batch.items[index])
-            self._send(flight, self._docs_topic, item.value, item.key, DOCUMENT_HEADERS)
+            headers = _traced(self._docs_topic, item) if tracing.enabled() else DOCUMENT_HEADERS
+            self._send(flight, self._docs_topic, item.value, item.key, headers)
 
     def _reserve_due(self) -> None:
         """Start reservations that are due (new documents, or busy ones to ask about

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 
+from sentiflow import tracing
 from sentiflow.cpus import usable_cpus
 from sentiflow.health import HealthServer
 from sentiflow.lifecycle import install_stop_handlers
@@ -69,6 +70,7 @@ def run(settings: TrainerSettings, stop: threading.Event) -> int:
 def main() -> int:
     settings = TrainerSettings()
     setup_logging("trainer", settings.log_level, settings.log_format)
+    tracing.configure(settings.tracing, "trainer")
     stop = threading.Event()
     install_stop_handlers(stop)
     return run(settings, stop)

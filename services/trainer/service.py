@@ -19,7 +19,9 @@ from confluent_kafka import Message
 from google.protobuf.message import DecodeError
 from sentiflow_client.v1 import events_pb2
 
+from sentiflow import tracing
 from sentiflow.follow import TopicFollower
+from sentiflow.kafka import Record
 from sentiflow.models.publish import Publisher
 from sentiflow.models.registry import ModelRegistry
 from services.trainer import metrics
@@ -73,6 +75,14 @@ class ExampleReader:
         self._follower.stop()
 
     def _handle(self, msg: Message) -> None:
+        if not tracing.enabled():
+            self._add(msg)
+            return
+        # The example joins the trace of the feedback it came from.
+        with tracing.consuming(Record.from_message(msg)):
+            self._add(msg)
+
+    def _add(self, msg: Message) -> None:
         example = events_pb2.LabeledExample()
         try:
             example.ParseFromString(msg.value() or b"")
