@@ -238,6 +238,18 @@ class TracingSettings(_Section):
     sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
 
+class SchemaRegistrySettings(_Section):
+    """Confluent Schema Registry framing of produced values (``sentiflow.schemaregistry``);
+    no URL (the default): bare protobuf. Consumers read both either way."""
+
+    # http(s)://host:8081; mock://<name> is confluent-kafka's in-process registry.
+    url: str | None = None
+    # "user:password" for HTTP basic auth (Confluent Cloud: API key and secret).
+    basic_auth_user_info: SecretStr | None = None
+    # Register a topic's schema on first use; false: use the latest one registered.
+    auto_register: bool = True
+
+
 class DevStackSettings(_Section):
     """The embedded broker and Redis that ``sentiflow dev up`` starts."""
 
@@ -267,6 +279,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     dev: DevStackSettings = DevStackSettings()
     tracing: TracingSettings = TracingSettings()
+    schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0: no metrics server")

@@ -10,6 +10,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from sentiflow_client.v1 import events_pb2
 
+from sentiflow import schemaregistry
 from sentiflow.errors import InvalidInputError, Reason
 from sentiflow.kafka import Output, Record
 from sentiflow.wire import dead_letter_headers
@@ -116,7 +117,8 @@ def decode(record: Record, message_type: type[M]) -> M:
         raise RejectError(events_pb2.REJECT_REASON_TOMBSTONE, "record has no value (tombstone)")
     msg = message_type()
     try:
-        msg.ParseFromString(record.value)
+        # Framed for a schema registry or bare: both are read (sentiflow.schemaregistry).
+        msg.ParseFromString(schemaregistry.payload(record.value))
     except (DecodeError, RecursionError, ValueError) as exc:
         raise RejectError(
             events_pb2.REJECT_REASON_PROTO_DECODE,

@@ -10,6 +10,10 @@ Every call is measured in the shape of go-grpc-prometheus and py-grpc-prometheus
 (``grpc_server_started_total``, ``grpc_server_handled_total`` with ``grpc_code``,
 ``grpc_server_handling_seconds``), so the dashboards and alerts written for those
 work unchanged.
+
+With tracing on (``sentiflow.tracing``) every call also gets an OpenTelemetry server
+span, a child of the ``traceparent`` the client sent; the server must be created
+after tracing is configured.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
+from sentiflow import tracing
 from sentiflow.apikeys import ApiKey, KeyRing
 from sentiflow.config import GrpcTlsSettings
 from sentiflow.ratelimit import Limiter
@@ -283,7 +288,9 @@ def create_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         handlers=list(handlers),
-        interceptors=[AuthInterceptor(keys, limiter)],
+        # The tracing interceptor (present only with tracing on) goes outermost, so
+        # calls the auth interceptor refuses get their span too.
+        interceptors=[*tracing.grpc_interceptors(), AuthInterceptor(keys, limiter)],
         maximum_concurrent_rpcs=max_workers,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),

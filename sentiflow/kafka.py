@@ -10,6 +10,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from google.protobuf.message import Message as ProtoMessage
 
+from sentiflow import schemaregistry
 from sentiflow.config import KafkaSettings
 from sentiflow.wire import protobuf_content_type, with_content_type
 
@@ -121,7 +122,11 @@ class Output:
         key: bytes | None = None,
         headers: Headers | None = None,
     ) -> Output:
-        """A protobuf message as a record that names its type."""
+        """A protobuf message as a record that names its type (framed for the schema
+        registry when one is configured)."""
+        if schemaregistry.enabled():
+            value = schemaregistry.frame(topic, message)
+            return cls(topic, value, key, headers, schemaregistry.framed_content_type(message))
         return cls(topic, message.SerializeToString(), key, headers, protobuf_content_type(message))
 
     def record_headers(self) -> Headers | None:

@@ -14,15 +14,23 @@ output carries that span's context; spans leave through OTLP in batches.
 Batched work gets a batch span linked to every record's context (the OpenTelemetry
 convention for a batch), and each record still gets its own child span, because an
 output must stay in its input's trace.
+
+Requests get server spans too when tracing is on: :func:`grpc_interceptors` for the
+gRPC servers and :func:`http_middlewares` for the aiohttp apps, both the OpenTelemetry
+instrumentation bound to sentiflow's own tracer provider. Off, both are empty, so a
+server with tracing off runs exactly as it would without them (the instrumentation
+is not even imported).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -36,6 +44,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from sentiflow.config import TracingSettings
 from sentiflow.kafka import Headers, Output, Record
+
+if TYPE_CHECKING:
+    import grpc
+    from aiohttp.typedefs import Middleware
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +85,7 @@ _SETTER = _HeaderSetter()
 @dataclass
 class _State:
     provider: TracerProvider | None = None
+    http_ready: bool = False
 
 
 _state = _State()
@@ -164,6 +177,48 @@ def shutdown() -> None:
         provider.shutdown()
 
 
+def grpc_interceptors() -> list[grpc.ServerInterceptor]:
+    """The interceptors that give every gRPC call a server span (none when off).
+
+    The span is a child of the ``traceparent`` the client sent in its metadata, so a
+    caller's trace continues into the server.
+    """
+    if _state.provider is None:
+        return []
+    from opentelemetry.instrumentation.grpc import server_interceptor
+
+    interceptor: grpc.ServerInterceptor = server_interceptor(  # type: ignore[no-untyped-call]
+        tracer_provider=_state.provider
+    )
+    return [interceptor]
+
+
+def http_middlewares() -> list[Middleware]:
+    """The aiohttp middlewares that give every request a server span (none when off),
+    a child of the request's ``traceparent`` header."""
+    if _state.provider is None:
+        return []
+    from opentelemetry.instrumentation.aiohttp_server import (
+        AioHttpServerInstrumentor,
+        create_aiohttp_middleware,
+    )
+
+    if not _state.http_ready:
+        # The middleware reads module state (excluded URLs, request metrics) that only
+        # the instrumentor sets up. Instrumenting and at once uninstrumenting sets it
+        # up without leaving aiohttp's Application patched for the whole process:
+        # sentiflow adds the middleware to its own apps, and to nothing else.
+        instrumentor = AioHttpServerInstrumentor()
+        with warnings.catch_warnings():
+            # aiohttp frowns on the Application subclass instrument() defines.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            instrumentor.instrument(tracer_provider=_state.provider)
+        instrumentor.uninstrument()
+        _state.http_ready = True
+    middleware: Middleware = create_aiohttp_middleware(tracer_provider=_state.provider)
+    return [middleware]
+
+
 def _tracer() -> trace.Tracer:
     assert _state.provider is not None
     return _state.provider.get_tracer(INSTRUMENTATION)
@@ -245,9 +300,14 @@ def publishing(
     key: bytes | None = None,
     name: str = "publish",
     attributes: Mapping[str, str] | None = None,
+    parent: Headers | None = None,
 ) -> Headers:
     """Start (and end) the producer span that begins a record's trace; return the
-    context headers the record carries. Empty when tracing is off."""
+    context headers the record carries. Empty when tracing is off.
+
+    ``parent`` (trace-context headers, e.g. an HTTP request's ``traceparent``) makes
+    the span continue the caller's trace instead of starting a new one.
+    """
     if _state.provider is None:
         return []
     attributes = {
@@ -259,7 +319,10 @@ def publishing(
     if key is not None:
         attributes["messaging.kafka.message.key"] = key.decode("utf-8", "replace")
     span = _tracer().start_span(
-        f"{name} {topic}", context=Context(), kind=SpanKind.PRODUCER, attributes=attributes
+        f"{name} {topic}",
+        context=extract(parent) if parent else Context(),
+        kind=SpanKind.PRODUCER,
+        attributes=attributes,
     )
     try:
         return inject(trace.set_span_in_context(span))

@@ -24,8 +24,16 @@ CONTENT_TYPE_HEADER = "content-type"
 PROTOBUF_MEDIA_TYPE = "application/x-protobuf"
 JSON_MEDIA_TYPE = "application/json"
 # Other spellings of a protobuf binary payload: the registered type and its aliases.
+# Protobuf in a Confluent Schema Registry frame (``sentiflow.schemaregistry``); read
+# as protobuf, since decoding tells a frame from bare bytes by its first byte.
+CONFLUENT_PROTOBUF_MEDIA_TYPE = "application/vnd.confluent.protobuf"
 PROTOBUF_MEDIA_TYPES = frozenset(
-    [PROTOBUF_MEDIA_TYPE, "application/protobuf", "application/x-protobuffer"]
+    [
+        PROTOBUF_MEDIA_TYPE,
+        "application/protobuf",
+        "application/x-protobuffer",
+        CONFLUENT_PROTOBUF_MEDIA_TYPE,
+    ]
 )
 MESSAGE_TYPE_PARAMETER = "messagetype"  # parameter names are case-insensitive
 

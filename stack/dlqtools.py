@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, Message
 from google.protobuf.message import DecodeError
 from sentiflow_client.v1 import events_pb2
 
+from sentiflow import schemaregistry
 from sentiflow.config import KafkaSettings
 from sentiflow.dlq import reason_name
 from sentiflow.kafka import Headers, make_producer
@@ -129,7 +130,7 @@ def read_dead_letters(
         for record in records:
             rejected = events_pb2.Rejected()
             try:
-                rejected.ParseFromString(record.value or b"")
+                rejected.ParseFromString(schemaregistry.payload(record.value or b""))
             except (DecodeError, RecursionError, ValueError):
                 found.undecodable.append((record.partition, record.offset))
                 continue

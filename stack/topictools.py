@@ -39,6 +39,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from sentiflow_client.v1 import events_pb2
 
+from sentiflow import schemaregistry
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.kafka import Record, consumer_config
 from sentiflow.topics import admin_client
@@ -130,7 +131,7 @@ def record_json(record: Record, value_type: type[Message] | None) -> dict[str, A
         return out
     msg = value_type()
     try:
-        msg.ParseFromString(record.value)
+        msg.ParseFromString(schemaregistry.payload(record.value))
     except (DecodeError, RecursionError, ValueError) as exc:
         out["error"] = f"not a {value_type.DESCRIPTOR.full_name}: {exc}"
         out["value_base64"] = base64.b64encode(record.value).decode("ascii")

@@ -17,6 +17,7 @@ from confluent_kafka import Message
 from google.protobuf.message import DecodeError
 from sentiflow_client.v1 import events_pb2
 
+from sentiflow import schemaregistry
 from sentiflow.config import KafkaSettings
 from sentiflow.follow import TopicFollower
 
@@ -103,7 +104,7 @@ class VersionWatcher:
     def _handle(self, msg: Message) -> None:
         version = ModelVersion()
         try:
-            version.ParseFromString(msg.value() or b"")
+            version.ParseFromString(schemaregistry.payload(msg.value() or b""))
         except DecodeError as exc:
             log.warning("undecodable model.versions record skipped: %s", exc)
             return

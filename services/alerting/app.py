@@ -36,12 +36,12 @@ from typing import Any, cast
 import faust
 from sentiflow_client.v1 import events_pb2
 
-from sentiflow import tracing
+from sentiflow import schemaregistry, tracing
 from sentiflow.dlq import RejectError, Rejection, decode, dlq_output, rejected
 from sentiflow.faustworker import credentials, record_of
 from sentiflow.kafka import Headers, Record
 from sentiflow.topics import TopicSpec
-from sentiflow.wire import CONTENT_TYPE_HEADER, protobuf_content_type, with_content_type
+from sentiflow.wire import CONTENT_TYPE_HEADER, with_content_type
 from services.alerting import metrics
 from services.alerting.config import AlertingSettings
 from services.alerting.detector import AlertEvent, JsonValue
@@ -133,7 +133,8 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
     )
     json_schema: Any = faust.Schema(key_serializer="json", value_serializer="json")
     scored = app.topic(scored_name, partitions=partitions)
-    alerts = app.topic(names.full(names.alerts_sentiment), partitions=partitions)
+    alerts_name = names.full(names.alerts_sentiment)
+    alerts = app.topic(alerts_name, partitions=partitions)
     dlq_name = names.full(names.docs_dlq)
     dlq = app.topic(dlq_name, partitions=1)
     state = app.Table(STATE_TABLE, default=None, partitions=partitions, schema=json_schema)
@@ -151,7 +152,9 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
     async def dead_letter(
         output_key: bytes, value: bytes, reason: str, headers: Headers | None = None
     ) -> None:
-        sent = with_content_type(headers, protobuf_content_type(events_pb2.Rejected))
+        if schemaregistry.enabled() and not schemaregistry.is_framed(value):
+            value = schemaregistry.frame_bytes(dlq_name, events_pb2.Rejected, value)
+        sent = with_content_type(headers, schemaregistry.content_type(events_pb2.Rejected))
         await (await dlq.send(key=output_key, value=value, headers=sent))
         metrics.DEAD_LETTERS.labels(reason).inc()
 
@@ -162,11 +165,11 @@ def build_app(settings: AlertingSettings) -> AlertingApp:
         await app.producer.flush()
         for event in events:
             message = alert_message(event)
-            headers = [(CONTENT_TYPE_HEADER, protobuf_content_type(message).encode())]
+            headers = [(CONTENT_TYPE_HEADER, schemaregistry.content_type(message).encode())]
             await (
                 await alerts.send(
                     key=event.entity.encode(),
-                    value=message.SerializeToString(),
+                    value=schemaregistry.frame(alerts_name, message),
                     headers=tracing.with_context(headers, context),
                 )
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from sentiflow import tracing
+from sentiflow import schemaregistry, tracing
 from sentiflow.consumerlag import export_consumer_lag
 from sentiflow.faustworker import StartupError, preflight, prepare_topics, serve
 from sentiflow.logs import setup_logging
@@ -39,6 +39,7 @@ def main() -> int:
     settings = AlertingSettings()
     setup_logging("alerting", settings.log_level, settings.log_format)
     tracing.configure(settings.tracing, "alerting")
+    schemaregistry.configure(settings.schema_registry)
     return run(settings, threading.Event())
 
 

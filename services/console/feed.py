@@ -20,6 +20,7 @@ from confluent_kafka import Message
 from google.protobuf.message import DecodeError
 from sentiflow_client.v1 import events_pb2
 
+from sentiflow import schemaregistry
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.follow import TopicFollower
 from services.console import metrics
@@ -35,7 +36,7 @@ FETCH_WAIT_MS = 50
 def _decode(message_type: type[Any], msg: Message) -> Any | None:
     value = message_type()
     try:
-        value.ParseFromString(msg.value() or b"")
+        value.ParseFromString(schemaregistry.payload(msg.value() or b""))
     except DecodeError as exc:
         log.warning("undecodable record on %s skipped: %s", msg.topic(), exc)
         return None

@@ -14,6 +14,7 @@ from functools import partial
 from aiohttp import web
 from sentiflow_client.v1 import events_pb2
 
+from sentiflow import schemaregistry, tracing
 from sentiflow.config import RegistrySettings
 from sentiflow.health import HealthServer
 from sentiflow.lifecycle import install_stop_handlers
@@ -125,6 +126,8 @@ def run(settings: ConsoleSettings, stop: threading.Event, bound: list[int] | Non
 def main() -> int:
     settings = ConsoleSettings()
     setup_logging("console", settings.log_level, settings.log_format)
+    tracing.configure(settings.tracing, "console")
+    schemaregistry.configure(settings.schema_registry)
     stop = threading.Event()
     install_stop_handlers(stop)
     return run(settings, stop)

@@ -34,7 +34,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from sentiflow import health
+from sentiflow import health, tracing
 from services.console import metrics
 from services.console.auth import SESSION_COOKIE, Access, Caller
 from services.console.config import ConsoleOptions
@@ -176,7 +176,8 @@ class ConsoleApp:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._errors, self._auth],
+            # Tracing's server span (only when on) is outermost: refusals get one too.
+            middlewares=[*tracing.http_middlewares(), self._errors, self._auth],
             client_max_size=MAX_BODY,
             handler_args={"logger": SERVER_LOG},
         )

@@ -30,7 +30,7 @@ from typing import Any
 import faust
 import redis.asyncio as aioredis
 
-from sentiflow import tracing
+from sentiflow import schemaregistry, tracing
 from sentiflow.consumerlag import export_consumer_lag
 from sentiflow.faustworker import (
     StartupError,
@@ -169,6 +169,7 @@ def main() -> int:
     settings = FeedbackSettings()
     setup_logging(SERVICE, settings.log_level, settings.log_format)
     tracing.configure(settings.tracing, SERVICE)
+    schemaregistry.configure(settings.schema_registry)
     return run(settings, threading.Event())
 
 

@@ -12,7 +12,7 @@ import threading
 
 from prometheus_client import REGISTRY
 
-from sentiflow import tracing
+from sentiflow import schemaregistry, tracing
 from sentiflow.consumerlag import export_consumer_lag
 from sentiflow.grpcserver import create_server, set_serving
 from sentiflow.health import HealthServer
@@ -129,6 +129,7 @@ def main() -> int:
     settings = FeedbackSettings()
     setup_logging("feedback", settings.log_level, settings.log_format)
     tracing.configure(settings.tracing, "feedback")
+    schemaregistry.configure(settings.schema_registry)
     stop = threading.Event()
     install_stop_handlers(stop)
     return run(settings, stop)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from sentiflow import tracing
+from sentiflow import schemaregistry, tracing
 from sentiflow.consumerlag import export_consumer_lag
 from sentiflow.grpcserver import create_server, set_serving
 from sentiflow.health import HealthServer
@@ -156,6 +156,7 @@ def main() -> int:
     settings = InferenceSettings()
     setup_logging("inference", settings.log_level, settings.log_format)
     tracing.configure(settings.tracing, "inference")
+    schemaregistry.configure(settings.schema_registry)
     stop = threading.Event()
     install_stop_handlers(stop)
     return run(settings, stop)

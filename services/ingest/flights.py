@@ -16,6 +16,7 @@ from typing import NamedTuple, Protocol, cast
 
 from confluent_kafka import KafkaError
 
+from sentiflow import schemaregistry
 from services.ingest.dedup import DedupKey, Reservation, Verdict
 from services.ingest.documents import Bad, Candidate, Item
 
@@ -37,6 +38,9 @@ class Batch:
     connector: str
     items: list[Item]
     on_done: Callable[[Batch, list[Outcome]], None] | None = None
+    # The trace context the items arrived with (an HTTP request's traceparent): the
+    # parent of each document's ingest span. Empty: each document starts a trace.
+    trace: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 class Record(Protocol):
@@ -171,9 +175,12 @@ def index_of(flight: Flight, value: bytes | None) -> int:
     for index, dead_letter in flight.dead_letters.items():
         if dead_letter[0] == value:
             return index
+    # A document went out framed when a schema registry is set; its item holds the
+    # bare bytes.
+    bare = schemaregistry.payload(value) if value is not None else None
     for index in flight.reserved:
         item = flight.batch.items[index]
-        if isinstance(item, Candidate) and item.value == value:
+        if isinstance(item, Candidate) and item.value == bare:
             return index
     raise RuntimeError("delivery report for a record this batch never produced")
 

@@ -14,7 +14,7 @@ from typing import BinaryIO
 import redis
 from confluent_kafka import KafkaException, Producer
 
-from sentiflow import tracing
+from sentiflow import schemaregistry, tracing
 from sentiflow.health import HealthServer
 from sentiflow.kafka import make_producer
 from sentiflow.lifecycle import install_stop_handlers
@@ -282,6 +282,7 @@ def main(args: argparse.Namespace | None = None) -> int:
     settings = IngestSettings() if args is None else settings_from_args(args)
     setup_logging("ingest", settings.log_level, settings.log_format)
     tracing.configure(settings.tracing, "ingest")
+    schemaregistry.configure(settings.schema_registry)
     stop = threading.Event()
     install_stop_handlers(stop)
     return run(settings, stop)

@@ -22,9 +22,9 @@ import redis
 from confluent_kafka import KafkaException, Producer
 from sentiflow_client.v1 import events_pb2
 
-from sentiflow import tracing
+from sentiflow import schemaregistry, tracing
 from sentiflow.dlq import rejected
-from sentiflow.kafka import ProducerHeaders, flush
+from sentiflow.kafka import Headers, ProducerHeaders, flush
 from sentiflow.wire import CONTENT_TYPE_HEADER, protobuf_content_type
 from services.ingest import metrics
 from services.ingest.dedup import DedupKey, Deduplicator, Reservation, Verdict
@@ -58,6 +58,22 @@ DOCUMENT_HEADERS: ProducerHeaders = [
 REJECTED_HEADERS: ProducerHeaders = [
     (CONTENT_TYPE_HEADER, protobuf_content_type(events_pb2.Rejected).encode())
 ]
+# The same with a schema registry set: the values are framed (sentiflow.schemaregistry).
+FRAMED_DOCUMENT_HEADERS: ProducerHeaders = [
+    (CONTENT_TYPE_HEADER, schemaregistry.framed_content_type(events_pb2.Document).encode())
+]
+FRAMED_REJECTED_HEADERS: ProducerHeaders = [
+    (CONTENT_TYPE_HEADER, schemaregistry.framed_content_type(events_pb2.Rejected).encode())
+]
+
+
+def _document_headers() -> ProducerHeaders:
+    return FRAMED_DOCUMENT_HEADERS if schemaregistry.enabled() else DOCUMENT_HEADERS
+
+
+def _rejected_headers() -> ProducerHeaders:
+    return FRAMED_REJECTED_HEADERS if schemaregistry.enabled() else REJECTED_HEADERS
+
 
 SERVICE = "ingest"
 # Reservation calls: batches gather into one call of up to this many documents, and
@@ -66,12 +82,16 @@ RESERVE_DOCS_PER_CALL = 4000
 RESERVE_CALLS_AHEAD = 2
 
 
-def _traced(topic: str, item: Candidate) -> ProducerHeaders:
+def _traced(topic: str, item: Candidate, parent: Headers) -> ProducerHeaders:
     """A document's headers with the context of the span that publishes it."""
     context = tracing.publishing(
-        topic, item.key, name="ingest publish", attributes={"sentiflow.document.id": item.doc_id}
+        topic,
+        item.key,
+        name="ingest publish",
+        attributes={"sentiflow.document.id": item.doc_id},
+        parent=parent,
     )
-    return [*DOCUMENT_HEADERS, *context]
+    return [*_document_headers(), *context]
 
 
 class QueueFullError(RuntimeError):
@@ -230,9 +250,10 @@ class Publisher:
             msg = rejected(
                 item.rejection, original=item.original, source=item.source, service=SERVICE
             )
-            dead_letter = (msg.SerializeToString(), item.source.encode())
+            value = schemaregistry.frame(self._dlq_topic, msg)
+            dead_letter = (value, item.source.encode())
             flight.dead_letters[i] = dead_letter
-            self._send(flight, self._dlq_topic, *dead_letter, REJECTED_HEADERS)
+            self._send(flight, self._dlq_topic, *dead_letter, _rejected_headers())
 
     def _send(
         self, flight: Flight, topic: str, value: bytes, key: bytes, headers: ProducerHeaders
@@ -254,21 +275,25 @@ class Publisher:
         produce = self._producer.produce
         topic = self._docs_topic
         callback = flight.on_delivery
-        headers = DOCUMENT_HEADERS
+        headers = _document_headers()
+        framed = schemaregistry.enabled()
         traced = tracing.enabled()
         flight.reserved.extend(indexes)
         flight.unacked += len(indexes)
         for i in indexes:
             item = items[i]
+            value = item.value
+            if framed:
+                value = schemaregistry.frame_bytes(topic, events_pb2.Document, value)
             if traced:
                 # Each document starts its own trace, which every later hop continues.
-                headers = _traced(topic, item)
+                headers = _traced(topic, item, flight.batch.trace)
             while True:
                 try:
                     # produce(topic, value, key, partition, on_delivery, callback,
                     # timestamp, headers): positional, as keyword parsing costs a
                     # third of the call.
-                    produce(topic, item.value, item.key, -1, callback, None, 0, headers)
+                    produce(topic, value, item.key, -1, callback, None, 0, headers)
                     break
                 except BufferError:
                     self._producer.poll(0.05)
@@ -276,11 +301,16 @@ class Publisher:
     def _resend(self, flight: Flight, index: int) -> None:
         flight.unacked -= 1  # _send counts it again
         if index in flight.dead_letters:
-            self._send(flight, self._dlq_topic, *flight.dead_letters[index], REJECTED_HEADERS)
+            self._send(flight, self._dlq_topic, *flight.dead_letters[index], _rejected_headers())
         else:
             item = cast(Candidate, flight.batch.items[index])
-            headers = _traced(self._docs_topic, item) if tracing.enabled() else DOCUMENT_HEADERS
-            self._send(flight, self._docs_topic, item.value, item.key, headers)
+            headers = (
+                _traced(self._docs_topic, item, flight.batch.trace)
+                if tracing.enabled()
+                else _document_headers()
+            )
+            value = schemaregistry.frame_bytes(self._docs_topic, events_pb2.Document, item.value)
+            self._send(flight, self._docs_topic, value, item.key, headers)
 
     def _reserve_due(self) -> None:
         """Start reservations that are due (new documents, or busy ones to ask about

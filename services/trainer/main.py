@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 
-from sentiflow import tracing
+from sentiflow import schemaregistry, tracing
 from sentiflow.cpus import usable_cpus
 from sentiflow.health import HealthServer
 from sentiflow.lifecycle import install_stop_handlers
@@ -71,6 +71,7 @@ def main() -> int:
     settings = TrainerSettings()
     setup_logging("trainer", settings.log_level, settings.log_format)
     tracing.configure(settings.tracing, "trainer")
+    schemaregistry.configure(settings.schema_registry)
     stop = threading.Event()
     install_stop_handlers(stop)
     return run(settings, stop)

@@ -19,7 +19,7 @@ from confluent_kafka import Message
 from google.protobuf.message import DecodeError
 from sentiflow_client.v1 import events_pb2
 
-from sentiflow import tracing
+from sentiflow import schemaregistry, tracing
 from sentiflow.follow import TopicFollower
 from sentiflow.kafka import Record
 from sentiflow.models.publish import Publisher
@@ -85,7 +85,7 @@ class ExampleReader:
     def _add(self, msg: Message) -> None:
         example = events_pb2.LabeledExample()
         try:
-            example.ParseFromString(msg.value() or b"")
+            example.ParseFromString(schemaregistry.payload(msg.value() or b""))
         except DecodeError:
             log.warning("undecodable training example skipped")
             return

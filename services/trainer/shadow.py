@@ -32,6 +32,7 @@ from confluent_kafka import Message
 from google.protobuf.message import DecodeError
 from sentiflow_client.v1 import events_pb2
 
+from sentiflow import schemaregistry
 from sentiflow.config import KafkaSettings, TopicNames
 from sentiflow.follow import TopicFollower
 from sentiflow.models.publish import Publisher, promote
@@ -189,7 +190,7 @@ class ShadowService:
     def _on_scored(self, msg: Message) -> None:
         prediction = events_pb2.Prediction()
         try:
-            prediction.ParseFromString(msg.value() or b"")
+            prediction.ParseFromString(schemaregistry.payload(msg.value() or b""))
         except DecodeError:
             log.warning("undecodable docs.scored record skipped")
             return
@@ -198,7 +199,7 @@ class ShadowService:
     def _on_label(self, msg: Message) -> None:
         example = events_pb2.LabeledExample()
         try:
-            example.ParseFromString(msg.value() or b"")
+            example.ParseFromString(schemaregistry.payload(msg.value() or b""))
         except DecodeError:
             log.warning("undecodable training example skipped")
             return

@@ -26,7 +26,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from sentiflow import health
+from sentiflow import health, tracing
 from sentiflow.apikeys import KeyRing
 from sentiflow.dlq import RejectError
 from services.ingest import metrics
@@ -63,6 +63,17 @@ def gunzip_capped(data: bytes, cap: int) -> bytes:
     if not inflater.eof:
         raise HttpError(HTTPStatus.BAD_REQUEST, "truncated gzip body")
     return out
+
+
+def request_trace(headers: Message) -> list[tuple[str, bytes]]:
+    """The W3C trace-context headers of a request, as record headers (latin-1, as
+    HTTP header values are)."""
+    found = []
+    for name in sorted(tracing.CONTEXT_HEADERS):
+        value = headers.get(name)
+        if value:
+            found.append((name, value.strip().encode("latin-1", "replace")))
+    return found
 
 
 def content_type(header: str | None) -> tuple[str, str]:
@@ -175,7 +186,10 @@ class HttpConnector:
             body = gunzip_capped(body, cap)
         return body, charset
 
-    def handle_documents(self, body: bytes, charset: str) -> tuple[HTTPStatus, dict[str, Any]]:
+    def handle_documents(
+        self, body: bytes, charset: str, trace: list[tuple[str, bytes]] | None = None
+    ) -> tuple[HTTPStatus, dict[str, Any]]:
+        """``trace``: the request's trace-context headers, the documents' parent."""
         try:
             records = json_body(body, charset)
         except RejectError as exc:
@@ -201,7 +215,7 @@ class HttpConnector:
         metrics.READ.labels(NAME).inc(len(items))
         waiter = _Waiter()
         try:
-            self._publisher.submit(Batch(NAME, items, waiter), block=False)
+            self._publisher.submit(Batch(NAME, items, waiter, trace or []), block=False)
         except QueueFullError:
             raise HttpError(
                 HTTPStatus.TOO_MANY_REQUESTS, "ingest is behind; retry later", {"Retry-After": "1"}
@@ -276,7 +290,9 @@ class HttpConnector:
                             {"WWW-Authenticate": "Bearer"},
                         )
                     body, charset = connector.read_body(self)
-                    code, answer = connector.handle_documents(body, charset)
+                    code, answer = connector.handle_documents(
+                        body, charset, request_trace(self.headers)
+                    )
                     self._json(code, answer)
                 except HttpError as exc:
                     # An unread body would be parsed as the next request: close instead.
