@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
+from google.protobuf import json_format
 from sentiflow_client.v1 import events_pb2
 
 from sentiflow.config import Settings, TopicNames
 from sentiflow.kafka import Output, consumer_config, make_producer, produce_and_wait
-from stack.topictools import RecordFilter, resolve_topic, tail
+from stack.topictools import RecordFilter, resolve_topic, tail, topic_types
 from tests.stack.conftest import Cli
 
 
@@ -217,3 +218,36 @@ def test_topic_names_may_leave_off_the_prefix() -> None:
     assert resolve_topic(names, "docs.raw") == names.full("docs.raw")
     assert resolve_topic(names, names.full("docs.raw")) == names.full("docs.raw")
     assert resolve_topic(names, "elsewhere") == "elsewhere"
+
+
+# One record of each topic's own type, with one field set that identifies it.
+SAMPLES: dict[str, Any] = {
+    "docs_raw": events_pb2.Document(id="doc-raw"),
+    "docs_scored": events_pb2.Prediction(document=events_pb2.Document(id="doc-scored")),
+    "docs_dlq": events_pb2.Rejected(topic="docs.raw", detail="why"),
+    "feedback_events": events_pb2.Feedback(doc_id="doc-feedback"),
+    "training_examples": events_pb2.LabeledExample(doc_id="doc-example"),
+    "model_versions": events_pb2.ModelVersion(model="sentiment", version="v0007"),
+    "alerts_sentiment": events_pb2.Alert(entity="AAPL"),
+}
+
+
+@pytest.mark.integration
+def test_tail_decodes_every_topic(
+    cli_env: Settings, cli: Cli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topics = cli_env.topics
+    assert {topics.full(getattr(topics, name)) for name in SAMPLES} == set(topic_types(topics)), (
+        "a topic without a sample here"
+    )
+    for name, message in SAMPLES.items():
+        produce(cli_env, topics.full(getattr(topics, name)), (message.SerializeToString(), b"k", 0))
+
+    for name, message in SAMPLES.items():
+        topic = getattr(topics, name)
+        code = cli("topics", "tail", topic, "--from-beginning", "--max", "1", "--timeout", "30")
+        assert code == 0, topic
+        [entry] = lines(capsys.readouterr().out)
+        assert entry["topic"] == topics.full(topic)
+        expected = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        assert entry["value"] == expected, topic
