@@ -115,10 +115,8 @@ def decode(record: Record, message_type: type[M]) -> M:
     """Parse a record's value as ``message_type`` or raise a RejectError saying why."""
     if record.value is None:
         raise RejectError(events_pb2.REJECT_REASON_TOMBSTONE, "record has no value (tombstone)")
-    msg = message_type()
     try:
-        # Framed for a schema registry or bare: both are read (sentiflow.schemaregistry).
-        msg.ParseFromString(schemaregistry.payload(record.value))
+        msg = schemaregistry.parse(message_type, record.value)
     except (DecodeError, RecursionError, ValueError) as exc:
         raise RejectError(
             events_pb2.REJECT_REASON_PROTO_DECODE,

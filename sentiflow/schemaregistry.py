@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -94,6 +94,19 @@ def unframe(value: bytes) -> tuple[int, list[int], bytes]:
 def payload(value: bytes) -> bytes:
     """The protobuf bytes of a value, framed or bare."""
     return unframe(value)[2] if is_framed(value) else value
+
+
+M = TypeVar("M", bound=Message)
+
+
+def parse(message_type: type[M], value: bytes | None) -> M:
+    """``value`` as a ``message_type``, framed or bare: how every reader reads a record.
+
+    Raises DecodeError (a bad frame included) when it is neither.
+    """
+    msg = message_type()
+    msg.ParseFromString(payload(value or b""))
+    return msg
 
 
 def framed_content_type(message: type[Message] | Message) -> str:

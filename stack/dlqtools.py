@@ -128,9 +128,8 @@ def read_dead_letters(
     )
     with closing(records):
         for record in records:
-            rejected = events_pb2.Rejected()
             try:
-                rejected.ParseFromString(schemaregistry.payload(record.value or b""))
+                rejected = schemaregistry.parse(events_pb2.Rejected, record.value)
             except (DecodeError, RecursionError, ValueError):
                 found.undecodable.append((record.partition, record.offset))
                 continue

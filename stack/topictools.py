@@ -129,9 +129,8 @@ def record_json(record: Record, value_type: type[Message] | None) -> dict[str, A
     if value_type is None:
         out["value_base64"] = base64.b64encode(record.value).decode("ascii")
         return out
-    msg = value_type()
     try:
-        msg.ParseFromString(schemaregistry.payload(record.value))
+        msg = schemaregistry.parse(value_type, record.value)
     except (DecodeError, RecursionError, ValueError) as exc:
         out["error"] = f"not a {value_type.DESCRIPTOR.full_name}: {exc}"
         out["value_base64"] = base64.b64encode(record.value).decode("ascii")

@@ -102,9 +102,8 @@ class VersionWatcher:
         self._follower.stop()
 
     def _handle(self, msg: Message) -> None:
-        version = ModelVersion()
         try:
-            version.ParseFromString(schemaregistry.payload(msg.value() or b""))
+            version = schemaregistry.parse(ModelVersion, msg.value())
         except DecodeError as exc:
             log.warning("undecodable model.versions record skipped: %s", exc)
             return

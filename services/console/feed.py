@@ -34,9 +34,8 @@ FETCH_WAIT_MS = 50
 
 
 def _decode(message_type: type[Any], msg: Message) -> Any | None:
-    value = message_type()
     try:
-        value.ParseFromString(schemaregistry.payload(msg.value() or b""))
+        value = schemaregistry.parse(message_type, msg.value())
     except DecodeError as exc:
         log.warning("undecodable record on %s skipped: %s", msg.topic(), exc)
         return None

@@ -83,9 +83,8 @@ class ExampleReader:
             self._add(msg)
 
     def _add(self, msg: Message) -> None:
-        example = events_pb2.LabeledExample()
         try:
-            example.ParseFromString(schemaregistry.payload(msg.value() or b""))
+            example = schemaregistry.parse(events_pb2.LabeledExample, msg.value())
         except DecodeError:
             log.warning("undecodable training example skipped")
             return

@@ -188,18 +188,16 @@ class ShadowService:
         ]
 
     def _on_scored(self, msg: Message) -> None:
-        prediction = events_pb2.Prediction()
         try:
-            prediction.ParseFromString(schemaregistry.payload(msg.value() or b""))
+            prediction = schemaregistry.parse(events_pb2.Prediction, msg.value())
         except DecodeError:
             log.warning("undecodable docs.scored record skipped")
             return
         self.judge.observe_prediction(prediction)
 
     def _on_label(self, msg: Message) -> None:
-        example = events_pb2.LabeledExample()
         try:
-            example.ParseFromString(schemaregistry.payload(msg.value() or b""))
+            example = schemaregistry.parse(events_pb2.LabeledExample, msg.value())
         except DecodeError:
             log.warning("undecodable training example skipped")
             return
