@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -95,12 +96,36 @@ def ensure_port_free(host: str, port: int, what: str, reuse_addr: bool = False) 
             ) from None
 
 
+def ephemeral_ports(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> range:
+    """The ports the kernel hands out to outgoing connections (Linux's default if unknown)."""
+    try:
+        low, high = (int(part) for part in path.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (for tests that run beside other stacks)."""
+    """A port nothing listens on right now (for tests that run beside other stacks).
+
+    It lies below the ephemeral range on purpose: a client that keeps dialling a local
+    port nobody listens on yet (a service waiting for its broker) can be given that very
+    port as its own source port, and then connects to itself and holds the port, so
+    the server that starts there later fails with "address in use".
+    """
+    ephemeral = ephemeral_ports()
+    candidates = range(10_000, max(ephemeral.start, 10_001))
+    for port in random.sample(candidates, k=min(200, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        fallback: int = sock.getsockname()[1]
+        return fallback
 
 
 def _spawn(argv: list[str], log_path: Path, detach: bool) -> subprocess.Popen[bytes]:

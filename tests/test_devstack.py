@@ -176,3 +176,18 @@ def test_topic_creation_is_idempotent(kafka_settings: KafkaSettings) -> None:
     meta = admin.list_topics(timeout=5).topics
     assert len(meta[names.full(names.model_versions)].partitions) == 1
     assert len(meta[names.full(names.docs_raw)].partitions) == names.partitions
+
+
+def test_free_ports_lie_below_the_ephemeral_range(tmp_path: Path) -> None:
+    """A port the kernel may give a client as its source port can be taken by a client
+    that dials it while nothing listens (it connects to itself), so a server about to
+    start there must not be handed one."""
+    ephemeral = devstack.ephemeral_ports()
+    ports = {devstack.free_port() for _ in range(20)}
+    assert all(port < ephemeral.start for port in ports), (ports, ephemeral)
+    for port in ports:
+        devstack.ensure_port_free("127.0.0.1", port, "kafka")  # raises if taken
+
+    bogus = tmp_path / "ip_local_port_range"
+    bogus.write_text("not numbers")
+    assert devstack.ephemeral_ports(bogus) == range(32768, 61000)

@@ -241,8 +241,10 @@ def _start_stack(state_dir: Path) -> devstack.DevStack:
         raise
     stack = devstack.DevStack(kafka, rds, state_dir)
     try:
-        devstack.wait_until(devstack.kafka_ready(kafka.address), 30, "kafka", kafka.proc)
-        devstack.wait_until(devstack.redis_ready(rds.address), 30, "redis", rds.proc)
+        devstack.wait_until(
+            devstack.kafka_ready(kafka.address), 30, "kafka", kafka.proc, kafka.log_path
+        )
+        devstack.wait_until(devstack.redis_ready(rds.address), 30, "redis", rds.proc, rds.log_path)
     except BaseException:
         stack.stop()
         raise

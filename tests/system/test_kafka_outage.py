@@ -168,7 +168,9 @@ def test_services_wait_for_kafka_and_recover(tmp_path: Path, redis_only: devstac
         # 2. The broker comes back on the port the services were given.
         broker = devstack.start_broker("127.0.0.1", kafka_port, plan.log_dir / "kafka.log")
         brokers.append(broker)
-        devstack.wait_until(devstack.kafka_ready(bootstrap), 30, "kafka", broker.proc)
+        devstack.wait_until(
+            devstack.kafka_ready(bootstrap), 30, "kafka", broker.proc, broker.log_path
+        )
         back = time.monotonic()
         # The topics come a moment after the broker, as from an init job: services that
         # subscribed to a topic not there yet must notice it when it appears.
