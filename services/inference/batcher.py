@@ -7,10 +7,11 @@ itself (never on an event loop) and resolves the futures. Because a batch is for
 the previous one computes, batches grow with load on their own; ``max_delay_s`` can add
 waiting on top, but starts at zero (Triton's advice: add delay only once measured).
 
-Batches are formed by token length (see :func:`select_batch`) so padded backends waste
-little compute on padding, and the queue is bounded so overload is answered rather than
-buffered: ``submit(block=False)`` raises :class:`OverloadedError`, ``submit(block=True)``
-waits for room, which is how the Kafka path stops consuming.
+Batches are formed by token length (see :func:`select_batch`), with the padding a batch
+may carry capped (``max_padding``), so padded backends waste little compute on it; and
+the queue is bounded so overload is answered rather than buffered:
+``submit(block=False)`` raises :class:`OverloadedError`, ``submit(block=True)`` waits
+for room, which is how the Kafka path stops consuming.
 
 Interactive callers (gRPC, with a deadline) submit ``urgent`` items. They form the next
 batch ahead of any queued bulk work, and bulk items may not take the last
@@ -40,6 +41,7 @@ from typing import Generic, Protocol, TypeVar
 from sentiflow import errors
 
 __all__ = [
+    "MIN_BATCH_SIZE",
     "Backlog",
     "BatchStats",
     "Batcher",
@@ -198,12 +200,23 @@ COST_WEIGHT = 0.2
 so one slow batch (a GC pause) does not shut the door, yet a real slowdown shows soon."""
 
 
+MIN_BATCH_SIZE = 4
+"""Items a batch may take whatever their padding, so a spread of lengths never
+degenerates into batches of one."""
+
+
 def padded_tokens(lengths: Sequence[int]) -> int:
     """Size of the padded tensor a batch of these lengths becomes."""
     return len(lengths) * max(lengths, default=0)
 
 
-def select_batch(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> list[int]:
+def select_batch(
+    lengths: Sequence[int],
+    max_batch_size: int,
+    max_batch_tokens: int,
+    max_padding: float | None = None,
+    min_batch_size: int = MIN_BATCH_SIZE,
+) -> list[int]:
     """Pick the next batch from queued lengths, oldest first; returns sorted indices.
 
     1. The oldest item is always taken, so every item waits for at most as many
@@ -213,24 +226,38 @@ def select_batch(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: 
        age), so a batch spans a narrow band of lengths and pads little.
     3. The token budget counts padded tokens (size x longest), because that is the
        tensor a padded backend computes on and holds in memory.
+    4. ``max_padding`` caps the waste: once a batch has ``min_batch_size`` items, an
+       item that would make its padded tokens exceed its real ones by more than this
+       share stays for a later batch. On a CPU a small batch costs about the same per
+       token as a large one, while padding costs in full, so several tight batches beat
+       one wide one (measured on the seed tweets in windows of 256, as the Kafka loop
+       hands them over: 338 docs/s with no cap, 460 with a cap of 0.1).
     """
     if not lengths:
         return []
-    if len(lengths) <= max_batch_size and padded_tokens(lengths) <= max_batch_tokens:
+    within = max_padding is None or padded_tokens(lengths) <= (1 + max_padding) * sum(lengths)
+    if len(lengths) <= max_batch_size and padded_tokens(lengths) <= max_batch_tokens and within:
         return list(range(len(lengths)))
     anchor = lengths[0]
     chosen = [0]
-    longest = anchor
+    longest, real = anchor, anchor
     by_closeness = sorted(range(1, len(lengths)), key=lambda i: (abs(lengths[i] - anchor), i))
     for i in by_closeness:
         if len(chosen) >= max_batch_size:
             break
         widest = max(longest, lengths[i])
-        if (len(chosen) + 1) * widest > max_batch_tokens:
+        padded = (len(chosen) + 1) * widest
+        if padded > max_batch_tokens:
             # A longer candidate may not fit where a shorter one later in the order does.
             continue
+        if (
+            max_padding is not None
+            and len(chosen) >= min_batch_size
+            and padded > (1 + max_padding) * (real + lengths[i])
+        ):
+            continue
         chosen.append(i)
-        longest = widest
+        longest, real = widest, real + lengths[i]
     chosen.sort()
     return chosen
 
@@ -283,6 +310,7 @@ class Batcher(Generic[P, R]):
         *,
         max_batch_size: int = 64,
         max_batch_tokens: int = 16384,
+        max_padding: float | None = None,
         max_delay_s: float = 0.0,
         capacity: int = 2048,
         urgent_reserve: int | None = None,
@@ -295,9 +323,12 @@ class Batcher(Generic[P, R]):
             raise ValueError("max_batch_size, max_batch_tokens and capacity must be >= 1")
         if max_delay_s < 0:
             raise ValueError("max_delay_s must be >= 0")
+        if max_padding is not None and max_padding < 0:
+            raise ValueError("max_padding must be >= 0 (or None: no cap)")
         self._runner = runner
         self._max_batch_size = max_batch_size
         self._max_batch_tokens = max_batch_tokens
+        self._max_padding = max_padding
         self._max_delay_s = max_delay_s
         self._capacity = capacity
         # Slots bulk items leave free for urgent ones; by default an eighth of the queue.
@@ -550,7 +581,10 @@ class Batcher(Generic[P, R]):
                     continue
                 queued = list(lane.values())
                 picked = select_batch(
-                    [e.item.tokens for e in queued], self._max_batch_size, self._max_batch_tokens
+                    [e.item.tokens for e in queued],
+                    self._max_batch_size,
+                    self._max_batch_tokens,
+                    self._max_padding,
                 )
                 full = len(picked) == self._max_batch_size or len(picked) < len(queued)
                 if not full and not self._closed and self._max_delay_s > 0:

@@ -49,6 +49,9 @@ class InferenceOptions(BaseModel):
 
     max_batch_size: int = Field(default=64, ge=1)
     max_batch_tokens: int = Field(default=8192, ge=1)
+    # Padding a batch may carry, as a share of its real tokens (batcher.select_batch);
+    # null: no cap beyond the size and token limits.
+    max_padding: float | None = Field(default=0.1, ge=0)
     max_delay_ms: float = Field(default=0.0, ge=0)
     queue_capacity: int = Field(default=1024, ge=1)
 

@@ -113,6 +113,7 @@ class ModelManager:
             runner,
             max_batch_size=o.max_batch_size,
             max_batch_tokens=o.max_batch_tokens,
+            max_padding=o.max_padding,
             max_delay_s=o.max_delay_ms / 1000,
             capacity=o.queue_capacity,
             on_batch=lambda stats: metrics.observe_batch(name, stats),

@@ -17,6 +17,7 @@ from services.inference.batcher import (
     BatcherClosedError,
     BatchStats,
     DeadlineExpiredError,
+    MIN_BATCH_SIZE,
     Item,
     NoRunnerError,
     OutputMismatchError,
@@ -152,11 +153,13 @@ def _padding_of(batches: list[list[int]]) -> int:
     return sum(padded_tokens(b) - sum(b) for b in batches)
 
 
-def _drain_with_select(lengths: list[int], size: int, budget: int) -> list[list[int]]:
+def _drain_with_select(
+    lengths: list[int], size: int, budget: int, max_padding: float | None = None
+) -> list[list[int]]:
     queue = list(lengths)
     batches = []
     while queue:
-        picked = select_batch(queue, size, budget)
+        picked = select_batch(queue, size, budget, max_padding)
         batches.append([queue[i] for i in picked])
         queue = [n for i, n in enumerate(queue) if i not in set(picked)]
     return batches
@@ -634,3 +637,29 @@ def test_work_without_a_deadline_is_never_refused_for_time(
     timed_model.release()
     results([*ahead, *bulk, *urgent])
     assert not shed.counts
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=1, max_value=128), min_size=1, max_size=60),
+    max_padding=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_a_padding_cap_holds_once_a_batch_has_its_minimum(
+    lengths: list[int], max_padding: float
+) -> None:
+    picked = select_batch(lengths, 64, 10**6, max_padding)
+    assert picked[0] == 0, "the oldest item still goes first"
+    chosen = [lengths[i] for i in picked]
+    assert len(chosen) <= MIN_BATCH_SIZE or padded_tokens(chosen) <= (1 + max_padding) * sum(
+        chosen
+    )
+
+
+def test_a_padding_cap_splits_a_spread_into_tight_batches() -> None:
+    lengths = [10, 11, 40, 41, 10, 40, 11, 41] * 6
+    uncapped = _drain_with_select(lengths, 64, 10_000)
+    capped = _drain_with_select(lengths, 64, 10_000, max_padding=0.1)
+    assert sorted(n for b in capped for n in b) == sorted(lengths)
+    assert len(uncapped) == 1 and len(capped) == 2
+    assert _padding_of(capped) < _padding_of(uncapped) / 4
+
