@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,6 +17,7 @@ import redis
 from sentiflow.config import KafkaSettings, RedisSettings, Settings, TopicNames
 from sentiflow.topics import admin_client, create_topics, topic_specs
 from stack import devstack
+from tests.support.outage import PrivateRedis
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +81,13 @@ def settings(
 @pytest.fixture
 def group_id() -> str:
     return f"g{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis of the test's own, which it may stop, kill and restart (outage tests)."""
+    server = PrivateRedis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()

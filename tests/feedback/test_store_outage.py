@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,15 +20,6 @@ from tests.support.feedback import Service, publish, scored, wait_for, wait_unti
 from tests.support.outage import PrivateRedis, readiness
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _found(client: FeedbackClient, doc_id: str) -> bool:

@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.inference.batcher import (
+    MIN_BATCH_SIZE,
     Backlog,
     Batcher,
     BatcherClosedError,
     BatchStats,
     DeadlineExpiredError,
-    MIN_BATCH_SIZE,
     Item,
     NoRunnerError,
     OutputMismatchError,
@@ -650,9 +650,7 @@ def test_a_padding_cap_holds_once_a_batch_has_its_minimum(
     picked = select_batch(lengths, 64, 10**6, max_padding)
     assert picked[0] == 0, "the oldest item still goes first"
     chosen = [lengths[i] for i in picked]
-    assert len(chosen) <= MIN_BATCH_SIZE or padded_tokens(chosen) <= (1 + max_padding) * sum(
-        chosen
-    )
+    assert len(chosen) <= MIN_BATCH_SIZE or padded_tokens(chosen) <= (1 + max_padding) * sum(chosen)
 
 
 def test_a_padding_cap_splits_a_spread_into_tight_batches() -> None:
@@ -660,6 +658,6 @@ def test_a_padding_cap_splits_a_spread_into_tight_batches() -> None:
     uncapped = _drain_with_select(lengths, 64, 10_000)
     capped = _drain_with_select(lengths, 64, 10_000, max_padding=0.1)
     assert sorted(n for b in capped for n in b) == sorted(lengths)
-    assert len(uncapped) == 1 and len(capped) == 2
+    assert len(uncapped) == 1
+    assert len(capped) == 2
     assert _padding_of(capped) < _padding_of(uncapped) / 4
-

@@ -13,8 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -54,15 +52,6 @@ class Ingest:
         self._stop.set()
         self._thread.join(10)
         self.runtime.close()
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _settings(base: IngestSettings, redis_url: str) -> IngestSettings:
