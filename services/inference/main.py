@@ -48,6 +48,19 @@ def require_signing_key(settings: InferenceSettings) -> None:
     )
 
 
+def follow_versions(settings: InferenceSettings, manager: ModelManager) -> VersionWatcher:
+    """Follow model.versions into ``manager``, folding only records the registry admits
+    (signature, confinement, size, labels), so that a restart that reads forged records
+    after the genuine one still serves the genuine one."""
+    topics = settings.topics
+    return VersionWatcher(
+        settings.kafka,
+        topics.full(topics.model_versions),
+        manager.on_change,
+        accept=admitted_by(settings.registry),
+    ).start()
+
+
 def run(settings: InferenceSettings, stop: threading.Event) -> int:
     """Serve until stopped.
 
@@ -104,12 +117,7 @@ def run(settings: InferenceSettings, stop: threading.Event) -> int:
     if options.model_paths:
         manager.load_local_paths()
     else:
-        watcher = VersionWatcher(
-            settings.kafka,
-            topics.full(topics.model_versions),
-            manager.on_change,
-            accept=admitted_by(settings.registry),
-        ).start()
+        watcher = follow_versions(settings, manager)
 
     try:
         while not stop.is_set() and not manager.wait_ready(timeout=0.5):

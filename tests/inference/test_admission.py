@@ -13,7 +13,8 @@ import pytest
 from prometheus_client import REGISTRY
 from sentiflow_client.v1 import events_pb2
 
-from sentiflow.config import RegistrySettings
+from sentiflow.config import KafkaSettings, RegistrySettings, TopicNames
+from sentiflow.kafka import Output, make_producer, produce
 from sentiflow.models.admission import RefusedRecordError, artifact_size_exceeds
 from sentiflow.models.signing import SignatureError, sign, verify
 from sentiflow.models.tiny import make_checkpoint, model_version
@@ -21,7 +22,7 @@ from sentiflow.models.versions import ModelVersion, fold
 from services.inference.backends import TextRunner
 from services.inference.config import InferenceOptions, InferenceSettings
 from services.inference.loading import ArtifactLoader, admitted_by
-from services.inference.main import UnsignedRegistryError, require_signing_key
+from services.inference.main import UnsignedRegistryError, follow_versions, require_signing_key
 from services.inference.models import ModelManager
 from tests.support.inference import FakeRunner
 from tests.support.signing import OTHER_SIGNING_KEY, TEST_SIGNING_KEY, registry_settings
@@ -252,14 +253,29 @@ def test_the_watcher_filter_refuses_every_kind_of_bad_record(
 
 
 def test_a_restart_after_forged_records_serves_the_last_genuine_version(
-    manager: ModelManager, root: Path
+    manager: ModelManager, root: Path, kafka_settings: KafkaSettings, topic_names: TopicNames
 ) -> None:
     """A restarted instance folds the whole topic: forged production records that came
-    after the genuine one must not become the version it tries (and fails) to serve."""
+    after the genuine one must not become the version it tries (and fails) to serve.
+    The records go through the broker and the watcher the service itself builds."""
     model = _model(manager)
-    accept = admitted_by(registry_settings(root))
     history = [_record(manager, root / "sentiment" / "v0002", "v0002")]
     history += [_forgeries(manager, root)[kind][0] for kind in KINDS]
-    manager.on_change(model, fold([r for r in history if accept(r)])[model])
-    assert manager.wait_ready(TIMEOUT)
-    assert _serving(manager) == "v0002"
+    topic = topic_names.full(topic_names.model_versions)
+    producer = make_producer(kafka_settings)
+    for record in history:
+        produce(producer, Output.of(topic, record, key=model.encode()))
+    assert producer.flush(TIMEOUT) == 0
+    settings = InferenceSettings(
+        kafka=kafka_settings, topics=topic_names, registry=registry_settings(root)
+    )
+    watcher = follow_versions(settings, manager)
+    try:
+        assert watcher.caught_up.wait(TIMEOUT)
+        assert manager.wait_ready(TIMEOUT)
+        assert _serving(manager) == "v0002"
+        production = watcher.states[model].production
+        assert production is not None
+        assert production.version == "v0002"
+    finally:
+        watcher.stop()
