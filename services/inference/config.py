@@ -45,6 +45,9 @@ class InferenceOptions(BaseModel):
     # quota) less reserve_cores, left to the tokenizer, Kafka client and co-located work.
     num_threads: int | None = Field(default=None, ge=1, description="unset: usable CPUs")
     reserve_cores: int = Field(default=0, ge=0, description="CPUs left to other work")
+    # ONNX Runtime's threads spin between runs instead of sleeping: faster alone on its
+    # cores, at the cost of whatever shares them (backends.OnnxRunner).
+    spin: bool = False
     max_length: int | None = Field(default=128, description="token limit; longer is truncated")
 
     max_batch_size: int = Field(default=64, ge=1)

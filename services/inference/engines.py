@@ -329,6 +329,7 @@ class BuildSettings:
     max_length: int | None
     cache_dir: Path | None
     scale_texts: tuple[str, ...]
+    spin: bool = False
 
 
 def build_runner(engine: str, checkpoint: Path, version: str, s: BuildSettings) -> TextRunner:
@@ -366,6 +367,7 @@ def build_runner(engine: str, checkpoint: Path, version: str, s: BuildSettings) 
         calibration_texts=s.scale_texts if engine == "onnx-int8-static" else (),
         cache_dir=s.cache_dir,
         num_threads=s.threads,
+        spin=s.spin,
         providers=providers,
         # One text per run: dynamic activation scales then come from that text alone.
         batch_size=1 if engine == "onnx-int8-rows" else 64,
@@ -517,6 +519,7 @@ def load_engine(
         max_length=options.max_length,
         cache_dir=options.onnx_cache_dir,
         scale_texts=tuple(texts[:SCALE_TEXTS]),
+        spin=options.spin,
     )
     pinned: EngineSetting = options.engine
     if pinned != "auto":
@@ -529,7 +532,9 @@ def load_engine(
         return Loaded(runner, Choice(engine, "fallback", threads, machine.device))
 
     digest = calibration_digest(texts)
-    cache = ChoiceCache(checkpoint, options.onnx_cache_dir, machine.signature(threads) + digest)
+    # Spinning threads change the figures, so a choice timed with them is kept apart.
+    signature = machine.signature(threads) + ("-spin" if options.spin else "") + digest
+    cache = ChoiceCache(checkpoint, options.onnx_cache_dir, signature)
     cached = cache.get()
     if cached is not None:
         runner = build_runner(cached.engine, checkpoint, version, settings)

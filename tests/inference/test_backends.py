@@ -251,3 +251,17 @@ def test_max_length_is_the_tightest_limit(
     tokenizer_max: int | None, positions: int | None, requested: int | None, expected: int
 ) -> None:
     assert tokenization.resolve_max_length(tokenizer_max, positions, requested) == expected
+
+
+@pytest.mark.parametrize(("spin", "expected"), [(False, "0"), (True, "1")])
+def test_onnx_threads_spin_only_when_asked(
+    checkpoint: Path, cache_dir: Path, spin: bool, expected: str
+) -> None:
+    runner = OnnxRunner(checkpoint, cache_dir=cache_dir, num_threads=2, spin=spin)
+    options = runner._session.get_session_options()
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        assert options.get_session_config_entry(key) == expected
+    texts = ["shares rally on upbeat guidance", "profit warning sinks the stock"]
+    assert [p.label for p in runner(runner.encode(texts))] == [
+        p.label for p in OnnxRunner(checkpoint, cache_dir=cache_dir)(runner.encode(texts))
+    ]

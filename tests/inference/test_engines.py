@@ -139,6 +139,14 @@ def test_a_later_load_reuses_the_choice_without_timing(
     assert again.runner.version == "v2"
 
 
+def test_a_choice_timed_without_spinning_threads_is_not_reused_with_them(
+    checkpoint: Path, options: InferenceOptions, selected: engines.Loaded
+) -> None:
+    spinning = engines.load_engine(checkpoint, "v3", options.model_copy(update={"spin": True}))
+    assert selected.choice.source == "timed"
+    assert spinning.choice.source == "timed"
+
+
 def test_without_calibration_texts_an_exact_engine_serves(
     checkpoint: Path, options: InferenceOptions, tmp_path: Path
 ) -> None:
