@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -139,15 +137,6 @@ def test_replicas_behind_grpc_share_a_quota(redis_settings: RedisSettings) -> No
             channel.close()
         for server in servers:
             server.stop(grace=None)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_an_outage_falls_back_to_the_process_bucket_and_recovers(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sentiflow_client.v1 import events_pb2
@@ -28,15 +27,6 @@ pytestmark = pytest.mark.integration
 # FakeRunner labels by word-count parity: the same id sent with one word, then with
 # two, would get two different answers if the first were not the one that stands.
 ONE_WORD, TWO_WORDS = "rally", "rally strong"
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
