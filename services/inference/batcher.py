@@ -215,7 +215,6 @@ def select_batch(
     max_batch_size: int,
     max_batch_tokens: int,
     max_padding: float | None = None,
-    min_batch_size: int = MIN_BATCH_SIZE,
 ) -> list[int]:
     """Pick the next batch from queued lengths, oldest first; returns sorted indices.
 
@@ -226,7 +225,7 @@ def select_batch(
        age), so a batch spans a narrow band of lengths and pads little.
     3. The token budget counts padded tokens (size x longest), because that is the
        tensor a padded backend computes on and holds in memory.
-    4. ``max_padding`` caps the waste: once a batch has ``min_batch_size`` items, an
+    4. ``max_padding`` caps the waste: once a batch has :data:`MIN_BATCH_SIZE` items, an
        item that would make its padded tokens exceed its real ones by more than this
        share stays for a later batch. On a CPU a small batch costs about the same per
        token as a large one, while padding costs in full, so several tight batches beat
@@ -252,7 +251,7 @@ def select_batch(
             continue
         if (
             max_padding is not None
-            and len(chosen) >= min_batch_size
+            and len(chosen) >= MIN_BATCH_SIZE
             and padded > (1 + max_padding) * (real + lengths[i])
         ):
             continue

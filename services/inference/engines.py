@@ -21,6 +21,7 @@ scales of the static int8 graph, the next :data:`TRIAL_TEXTS` judge the candidat
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -213,8 +214,9 @@ class Machine:
     gpu_bf16: bool = False
     onnx_providers: frozenset[str] = frozenset()
 
-    def signature(self, threads: int) -> str:
-        """Keys cached choices: another CPU, GPU, thread count or runtime re-times."""
+    def signature(self, threads: int, spin: bool = False) -> str:
+        """Keys cached choices: another CPU, GPU, thread count, spinning or runtime
+        re-times."""
         import onnxruntime
         import torch
 
@@ -226,6 +228,7 @@ class Machine:
                 ",".join(sorted(self.cpu_flags)),
                 self.gpu_name,
                 str(threads),
+                *(["spin"] if spin else []),
                 torch.__version__,
                 onnxruntime.__version__,
             ]
@@ -532,8 +535,7 @@ def load_engine(
         return Loaded(runner, Choice(engine, "fallback", threads, machine.device))
 
     digest = calibration_digest(texts)
-    # Spinning threads change the figures, so a choice timed with them is kept apart.
-    signature = machine.signature(threads) + ("-spin" if options.spin else "") + digest
+    signature = machine.signature(threads, options.spin) + digest
     cache = ChoiceCache(checkpoint, options.onnx_cache_dir, signature)
     cached = cache.get()
     if cached is not None:
@@ -617,11 +619,13 @@ def _time_candidates(
         timed.append(_Timed(trial, runner, encoded, scores))
     runs = [t for t in timed if isinstance(t, _Timed)]
     chosen: dict[str, TextRunner] = {}
-    wide = _WideAgreement(runs[0]) if runs else None
+    # The reference's labels on the texts beyond the timed ones, scored once if needed.
+    reference_labels = functools.cache(lambda: _all_labels(runs[0]))
     for run in sorted(runs, key=lambda r: -r.trial.docs_per_s):
-        if wide is not None and run is not runs[0]:
-            share, n = wide.of(run)
-            run.trial = replace(run.trial, agreement=share, agreement_texts=n)
+        if run is not runs[0]:
+            labels = _all_labels(run)
+            share = agreement(labels, reference_labels())
+            run.trial = replace(run.trial, agreement=share, agreement_texts=len(labels))
         if not run.trial.accurate(rules):
             continue
         delta, flips, bs1 = check_invariance(run.runner, run.encoded, run.scores)
@@ -632,21 +636,8 @@ def _time_candidates(
     return [t.trial if isinstance(t, _Timed) else t for t in timed], chosen
 
 
-class _WideAgreement:
-    """Labels over all the calibration texts, the reference's scored once, on demand."""
-
-    def __init__(self, reference: _Timed) -> None:
-        self._reference = reference
-        self._labels: list[int] | None = None
-
-    def of(self, run: _Timed) -> tuple[float, int]:
-        if self._labels is None:
-            self._labels = _all_labels(self._reference)
-        labels = _all_labels(run)
-        return agreement(labels, self._labels), len(labels)
-
-
 def _all_labels(run: _Timed) -> list[int]:
+    """Labels over all the calibration texts: the timed ones' scores, then the rest."""
     rest = run.encoded[len(run.scores) :]
     parts = [run.scores] + [
         _scores(run.runner(rest[i : i + TIMED_CHUNK])) for i in range(0, len(rest), TIMED_CHUNK)

@@ -262,6 +262,7 @@ def test_a_cached_choice_is_keyed_by_machine_and_threads() -> None:
     machine = Machine("cpu", "Xeon", frozenset({"avx2"}))
     assert machine.signature(2) == machine.signature(2)
     assert machine.signature(2) != machine.signature(1)
+    assert machine.signature(2, spin=True) != machine.signature(2)
     other = Machine("cpu", "Xeon", frozenset({"avx2", "avx512_vnni"}))
     assert other.signature(2) != machine.signature(2)
 
