@@ -58,10 +58,10 @@ from sentiflow.readback import read_topic
 from sentiflow.topics import admin_client, create_topics, topic_specs
 from services.trainer.data import in_holdout, load_seed_split
 from services.trainer.examples import Example
-from services.trainer.finetune import interpolate, predict, snapshot, train
+from services.trainer.finetune import predict, train
 from services.trainer.gate import FEEDBACK_SET, SEED_SET, Paired, decide, paired_bootstrap
 from services.trainer.recipe import RoundConfig, RoundTrainConfig
-from services.trainer.rounds import plan
+from services.trainer.rounds import fine_tune, plan
 from stack import devstack
 from stack.localstack import LocalStackPlan, allocate_ports, service_specs
 from stack.supervisor import Supervisor
@@ -462,25 +462,31 @@ def offline(
     production = registry.production("sentiment")
     assert production is not None
     seed_train = load_seed_split("train")
-    if plain:
-        rng = random.Random(13)
-        replay = rng.sample(list(zip(*seed_train, strict=True)), len(examples))
-        rows = [(e.text, e.label) for e in examples] + replay
-        rng.shuffle(rows)
-        texts, labels = [t for t, _ in rows], [lab for _, lab in rows]
-    else:
-        data = plan(examples, examples, seed_train, replace(config, holdout_fraction=1e-9))
-        texts, labels = data.train_texts, data.train_labels
     model, tokenizer = registry.load("sentiment", production.version)
     gate_sets = {
         FEEDBACK_SET: ([e.text for e in holdout], [e.label for e in holdout]),
         SEED_SET: (domain.seed_texts, domain.seed_labels),
     }
     before = {n: predict(model, tokenizer, t, 128, 64) for n, (t, _) in gate_sets.items()}
-    start = snapshot(model)
     started = time.perf_counter()
-    train(model, tokenizer, texts, labels, config.train, progress=False)
-    interpolate(model, start, config.interpolation)
+    if plain:
+        rng = random.Random(13)
+        replay = rng.sample(list(zip(*seed_train, strict=True)), len(examples))
+        rows = [(e.text, e.label) for e in examples] + replay
+        rng.shuffle(rows)
+        trained = len(rows)
+        train(
+            model,
+            tokenizer,
+            [t for t, _ in rows],
+            [lab for _, lab in rows],
+            config.train,
+            progress=False,
+        )
+    else:
+        data = plan(examples, examples, seed_train, replace(config, holdout_fraction=1e-9))
+        trained = len(data.train_texts)
+        fine_tune(model, tokenizer, data, config)
     seconds = time.perf_counter() - started
     after = {n: predict(model, tokenizer, t, 128, 64) for n, (t, _) in gate_sets.items()}
     verdict = decide(
@@ -495,7 +501,7 @@ def offline(
         "test": scored(domain.test_labels, test),
         "seed": scored(domain.seed_labels, seed),
         "train_seconds": round(seconds, 1),
-        "training_examples": len(texts),
+        "training_examples": trained,
         "gate_promotes": verdict.promote,
         "gate": verdict.reason,
     }

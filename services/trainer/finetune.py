@@ -255,22 +255,29 @@ def train(
     config: TrainConfig,
     progress: bool = True,
     on_step: ProgressCallback | None = None,
+    soft_targets: Sequence[Sequence[float] | None] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` in place on (text, label name) pairs.
 
     The same model, data and seed give the same weights on the same hardware: the
     shuffling, dropout and head initialisation all draw from seeded generators.
     ``on_step`` hears about every step (a service shows it on /metrics and in logs;
-    ``progress`` is the terminal bar for commands).
+    ``progress`` is the terminal bar for commands). ``soft_targets``, where given for a
+    text, replaces its label by a probability per class (distillation of replayed
+    examples, see ``rounds.replay_targets``); the label still names the class that
+    class weighting counts.
     """
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    if soft_targets is not None and len(soft_targets) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(soft_targets)} soft targets")
     if not texts:
         raise ValueError("no training examples")
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
     targets = label_ids(model, labels)
     device = resolve_device(model)
+    probabilities = _target_matrix(targets, soft_targets, len(label_names(model)))
     precision = resolve_precision(config.precision, device, config.cpu_bf16)
     seed_everything(config.seed)
     rng = random.Random(config.seed)
@@ -305,10 +312,14 @@ def train(
                 if step >= total_steps:
                     break
                 batch = collate([ids[i] for i in batch_idx], pad_id, device)
-                batch_labels = torch.tensor([targets[i] for i in batch_idx], device=device)
+                batch_targets = (
+                    torch.tensor([targets[i] for i in batch_idx], device=device)
+                    if probabilities is None
+                    else probabilities[batch_idx].to(device)
+                )
                 with _autocast(precision, device):
                     logits = model(**batch).logits
-                loss = nn.functional.cross_entropy(logits.float(), batch_labels, weight=weights)
+                loss = nn.functional.cross_entropy(logits.float(), batch_targets, weight=weights)
                 optimizer.zero_grad(set_to_none=True)
                 torch.autograd.backward(scaler.scale(loss))
                 scaler.unscale_(optimizer)
@@ -337,6 +348,23 @@ def train(
         final_loss=_recent_mean(losses),
         loss_history=losses,
     )
+
+
+def _target_matrix(
+    targets: Sequence[int], soft: Sequence[Sequence[float] | None] | None, n_classes: int
+) -> torch.Tensor | None:
+    """One probability row per example (one-hot where no soft target is given), or
+    None when every target is hard, so plain training keeps the class-index loss."""
+    if soft is None or all(row is None for row in soft):
+        return None
+    matrix = nn.functional.one_hot(torch.tensor(list(targets)), n_classes).float()
+    for i, row in enumerate(soft):
+        if row is None:
+            continue
+        if len(row) != n_classes:
+            raise ValueError(f"soft target {i} has {len(row)} classes, the model {n_classes}")
+        matrix[i] = torch.tensor(list(row), dtype=torch.float32)
+    return matrix
 
 
 def _recent_mean(values: Sequence[float], window: int = 50) -> float:

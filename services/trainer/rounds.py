@@ -5,10 +5,13 @@
    so the examples of a rejected round are not lost and each round sees every
    correction together, not just those since the last round.
 2. Replay: a sample of the seed training set, sized to the feedback, is mixed in so
-   the model does not forget what it knew.
+   the model does not forget what it knew. Each replayed tweet's target blends its
+   seed label with the starting checkpoint's own answer (``replay_distillation``,
+   learning without forgetting, Li & Hoiem 2016): matching the old model's
+   probabilities, not only its labels, holds on to more of what it knew per tweet.
 3. Fine-tune from the checkpoint the recipe names (production, or the bootstrap
    version at the root of its lineage), then average the result with that checkpoint
-   (``interpolation``), which keeps much of what the model knew.
+   (``interpolation``), which keeps much of what the model knew (``fine_tune``).
 4. Both models label the same held-out sets; the gate decides (``gate.decide``).
 5. Register the candidate as production or rejected, with the gate's record and reason.
 A round that raises leaves the registry untouched: nothing is saved until step 5.
@@ -29,7 +32,15 @@ from sentiflow.models.registry import ModelRegistry, Stage, VersionInfo
 from sentiflow.models.scores import classification_report
 from services.trainer.data import in_holdout
 from services.trainer.examples import Example
-from services.trainer.finetune import ProgressCallback, interpolate, predict, snapshot, train
+from services.trainer.finetune import (
+    ProgressCallback,
+    TrainResult,
+    interpolate,
+    predict,
+    predict_logits,
+    snapshot,
+    train,
+)
 from services.trainer.gate import FEEDBACK_SET, SEED_SET, Paired, Verdict, decide
 from services.trainer.recipe import RoundConfig
 
@@ -78,6 +89,8 @@ class RoundData:
     replayed: int
     holdout_texts: Texts
     holdout_labels: Labels
+    # Which training rows are replayed seed examples (the rest are feedback).
+    replay_mask: tuple[bool, ...] = ()
 
 
 def plan(
@@ -100,17 +113,71 @@ def plan(
     pool: list[tuple[str, str]] = list(zip(*seed_train, strict=True))
     rng = random.Random(config.seed + len(everything))
     replay = rng.sample(pool, min(len(pool), round(len(feedback) * config.replay_ratio)))
-    rows = [(e.text, e.label) for e in feedback] + replay
+    rows = [(e.text, e.label, False) for e in feedback] + [(t, lab, True) for t, lab in replay]
     rng.shuffle(rows)
     return RoundData(
-        train_texts=[t for t, _ in rows],
-        train_labels=[label for _, label in rows],
+        train_texts=[t for t, _, _ in rows],
+        train_labels=[label for _, label, _ in rows],
         feedback_examples=len(feedback),
         new_examples=new,
         replayed=len(replay),
         holdout_texts=[e.text for e in holdout],
         holdout_labels=[e.label for e in holdout],
+        replay_mask=tuple(replayed for _, _, replayed in rows),
     )
+
+
+def replay_targets(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: RoundData,
+    config: RoundConfig,
+) -> list[list[float] | None] | None:
+    """Soft targets for the replayed rows: ``replay_distillation`` of the starting
+    model's probabilities blended with the seed label (None for feedback rows, whose
+    corrected label is the target; None overall when distillation is off)."""
+    share = config.replay_distillation
+    replayed = [i for i, is_replay in enumerate(data.replay_mask) if is_replay]
+    if share == 0 or not replayed:
+        return None
+    tcfg = config.train
+    texts = [data.train_texts[i] for i in replayed]
+    teacher = predict_logits(model, tokenizer, texts, tcfg.eval_batch_size, tcfg.max_length)
+    probabilities = teacher.softmax(dim=-1).tolist()
+    classes = label_names(model)
+    targets: list[list[float] | None] = [None] * len(data.train_texts)
+    for i, probs in zip(replayed, probabilities, strict=True):
+        gold = classes.index(data.train_labels[i])
+        targets[i] = [
+            share * p + (1 - share) * (1.0 if c == gold else 0.0) for c, p in enumerate(probs)
+        ]
+    return targets
+
+
+def fine_tune(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: RoundData,
+    config: RoundConfig,
+    *,
+    progress: bool = False,
+    on_step: ProgressCallback | None = None,
+) -> TrainResult:
+    """Train ``model`` (the round's starting checkpoint) in place on the round's data
+    with the recipe's replay targets, then average it with where it started."""
+    start_weights = snapshot(model) if config.interpolation < 1 else {}
+    outcome = train(
+        model,
+        tokenizer,
+        data.train_texts,
+        data.train_labels,
+        replace(config.train, seed=config.seed),
+        progress=progress,
+        on_step=on_step,
+        soft_targets=replay_targets(model, tokenizer, data, config),
+    )
+    interpolate(model, start_weights, config.interpolation)
+    return outcome
 
 
 @dataclass(frozen=True)
@@ -203,18 +270,7 @@ def run_round(
     del base_model
     # Fine-tune a copy: the registry load gives a fresh model, production is untouched.
     candidate, cand_tokenizer = registry.load(model_name, start.version)
-    start_weights = snapshot(candidate) if config.interpolation < 1 else {}
-    outcome = train(
-        candidate,
-        cand_tokenizer,
-        data.train_texts,
-        data.train_labels,
-        replace(tcfg, seed=config.seed),
-        progress=progress,
-        on_step=on_step,
-    )
-    interpolate(candidate, start_weights, config.interpolation)
-    del start_weights
+    outcome = fine_tune(candidate, cand_tokenizer, data, config, progress=progress, on_step=on_step)
     classes = label_names(candidate)
     candidate_predictions = _predictions(candidate, cand_tokenizer, sets, config)
     candidate_scores = _reports(sets, candidate_predictions, classes)
@@ -235,6 +291,7 @@ def run_round(
             "gate": verdict.record,
             "started_from": start.version,
             "interpolation": config.interpolation,
+            "replay_distillation": config.replay_distillation,
             "training_examples": len(data.train_texts),
             "feedback_examples": data.feedback_examples,
             "new_examples": data.new_examples,

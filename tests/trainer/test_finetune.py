@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sentiflow.models.modeling import label_names
 from services.trainer.finetune import (
     TrainProgress,
     bucketed_batches,
@@ -18,6 +19,7 @@ from services.trainer.finetune import (
     interpolate,
     lr_lambda,
     predict,
+    predict_logits,
     resolve_precision,
     snapshot,
     train,
@@ -206,3 +208,33 @@ def test_config_validation() -> None:
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="warmup"):
         TrainConfig(warmup_ratio=1.0)
+
+
+def test_soft_targets_teach_the_distribution_they_name(tmp_path: Path) -> None:
+    # Every text's target is 70% positive, 30% negative: the trained model's
+    # probabilities move there, which hard labels could not express.
+    model, tokenizer = make_tiny_classifier(tmp_path)
+    names = label_names(model)
+    target = [0.0] * len(names)
+    target[names.index("positive")], target[names.index("negative")] = 0.7, 0.3
+    train(model, tokenizer, TEXTS, LABELS, FAST, progress=False, soft_targets=[target] * 12)
+    probs = predict_logits(model, tokenizer, TEXTS).softmax(-1).mean(0)
+    assert probs[names.index("positive")] == pytest.approx(0.7, abs=0.1)
+    assert probs[names.index("negative")] == pytest.approx(0.3, abs=0.1)
+
+
+def test_rows_without_a_soft_target_keep_their_label(tmp_path: Path) -> None:
+    model, tokenizer = make_tiny_classifier(tmp_path)
+    names = label_names(model)
+    uniform = [1.0 / len(names)] * len(names)
+    soft: list[list[float] | None] = [None] * 8 + [uniform] * 4  # neutral rows uncertain
+    train(model, tokenizer, TEXTS, LABELS, FAST, progress=False, soft_targets=soft)
+    assert predict(model, tokenizer, TEXTS[:8]) == LABELS[:8]
+
+
+def test_soft_targets_must_match_the_texts_and_classes(tmp_path: Path) -> None:
+    model, tokenizer = make_tiny_classifier(tmp_path)
+    with pytest.raises(ValueError, match="12 texts but 2 soft targets"):
+        train(model, tokenizer, TEXTS, LABELS, FAST, progress=False, soft_targets=[None, None])
+    with pytest.raises(ValueError, match="has 2 classes"):
+        train(model, tokenizer, TEXTS, LABELS, FAST, progress=False, soft_targets=[[0.5, 0.5]] * 12)

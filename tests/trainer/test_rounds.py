@@ -6,12 +6,23 @@ from pathlib import Path
 
 import pytest
 
+from sentiflow.models.modeling import label_names
 from sentiflow.models.registry import Registry
+from services.trainer.config import TrainerSettings
 from services.trainer.data import in_holdout
 from services.trainer.examples import Example
+from services.trainer.finetune import predict_logits
 from services.trainer.gate import GateConfig
 from services.trainer.recipe import RoundConfig, RoundTrainConfig
-from services.trainer.rounds import Backlog, RoundData, lineage_root, plan, run_round, should_run
+from services.trainer.rounds import (
+    Backlog,
+    RoundData,
+    lineage_root,
+    plan,
+    replay_targets,
+    run_round,
+    should_run,
+)
 from tests.support.classifier import make_tiny_classifier
 
 DEBOUNCED = RoundConfig(min_new_examples=200, quiet_s=60, max_wait_s=900, max_interval_s=3600)
@@ -116,3 +127,47 @@ def test_a_round_can_start_from_the_bootstrap_version(tmp_path: Path) -> None:
     assert (meta["started_from"], result.version.parent) == (root.version, current.version)
     assert meta["gate"]["test"] == "paired bootstrap"
     assert set(meta["evaluations"]) == {"seed_valid", "feedback_holdout"}
+
+
+def test_the_plan_marks_which_rows_are_replayed() -> None:
+    config = RoundConfig(holdout_fraction=0.2, replay_ratio=1.0)
+    feedback = _examples("fb", 50)
+    seed = ([f"seed {i}" for i in range(500)], ["neutral"] * 500)
+    data = plan(feedback, feedback, seed, config)
+    replayed = {
+        t for t, is_replay in zip(data.train_texts, data.replay_mask, strict=True) if is_replay
+    }
+    assert len(data.replay_mask) == len(data.train_texts)
+    assert len(replayed) == data.replayed
+    assert all(t.startswith("seed ") for t in replayed)
+    assert not any(t.startswith("seed ") for t in set(data.train_texts) - replayed)
+
+
+def test_replayed_rows_blend_the_seed_label_with_the_starting_model(tmp_path: Path) -> None:
+    model, tokenizer = make_tiny_classifier(tmp_path)
+    names = label_names(model)
+    texts = ["stocks rally", "seed one", "seed two"]
+    labels = ["positive", "neutral", "negative"]
+    data = RoundData(texts, labels, 1, 1, 2, [], [], replay_mask=(False, True, True))
+    teacher = predict_logits(model, tokenizer, texts[1:]).softmax(-1).tolist()
+
+    targets = replay_targets(model, tokenizer, data, RoundConfig(replay_distillation=0.25))
+    assert targets is not None
+    assert targets[0] is None, "a correction trains on its own label"
+    for row, probs, label in zip(targets[1:], teacher, labels[1:], strict=True):
+        assert row is not None
+        gold = [1.0 if name == label else 0.0 for name in names]
+        assert row == pytest.approx([0.25 * p + 0.75 * g for p, g in zip(probs, gold, strict=True)])
+        assert sum(row) == pytest.approx(1.0)
+    assert replay_targets(model, tokenizer, data, RoundConfig(replay_distillation=0.0)) is None
+
+
+def test_the_replay_targets_are_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENTIFLOW_TRAINER__ROUNDS__REPLAY_DISTILLATION", "0.25")
+    monkeypatch.setenv("SENTIFLOW_TRAINER__ROUNDS__TRAIN__LEARNING_RATE", "3e-5")
+    rounds = TrainerSettings().trainer.rounds
+    assert (rounds.replay_distillation, rounds.train.learning_rate) == (0.25, 3e-5)
+    assert rounds.train.epochs == RoundTrainConfig().epochs, "the other fields keep defaults"
+    monkeypatch.setenv("SENTIFLOW_TRAINER__ROUNDS__REPLAY_DISTILLATION", "1.5")
+    with pytest.raises(ValueError, match="replay_distillation must be in"):
+        TrainerSettings()
