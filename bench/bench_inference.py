@@ -45,13 +45,21 @@ from sentiflow_client.v1 import classifier_pb2, classifier_pb2_grpc, events_pb2
 from bench.loadgen import run_fixed_rate
 from bench.report import machine, percentile, table, write
 from sentiflow.config import KafkaSettings, TopicNames
+from sentiflow.cpus import usable_cpus
 from sentiflow.kafka import Output, consumer_config, make_producer, produce
 from sentiflow.models.registry import Registry
 from sentiflow.topics import ensure_topics, topic_specs
 from services.inference.backends import OnnxRunner, TextRunner
 from services.inference.batcher import Batcher
 from services.inference.config import InferenceOptions
-from services.inference.engines import Loaded, describe, load_engine, mixed_batches
+from services.inference.engines import (
+    Loaded,
+    describe,
+    load_engine,
+    mixed_batches,
+    resolve_workers,
+    serving_device,
+)
 from services.inference.models import queue_items
 from services.trainer.data import load_seed_split
 from stack import devstack
@@ -73,10 +81,14 @@ def accuracy(predicted: list[str], gold: list[str]) -> float:
 
 
 def bench_pipeline(checkpoint: Path, texts: list[str], batch_size: int) -> tuple[float, list[str]]:
+    """``transformers.pipeline`` as a user runs it: torch on every usable CPU (engine
+    timing in this process may have left torch's process-wide thread count at one)."""
+    import torch
     from transformers import pipeline
 
     import sentiflow.models.modeling  # noqa: F401  (registers sentiflow's model type)
 
+    torch.set_num_threads(usable_cpus())
     classify = pipeline("text-classification", model=str(checkpoint), device="cpu")
     classify(texts[:32], batch_size=batch_size, truncation=True)  # warm-up
     started = time.perf_counter()
@@ -116,7 +128,7 @@ def batch_invariance(runner: TextRunner, texts: list[str]) -> dict[str, float]:
 
 
 def bench_raw(
-    runner: TextRunner, texts: list[str], options: InferenceOptions
+    runner: TextRunner, texts: list[str], options: InferenceOptions, workers: int
 ) -> tuple[float, list[str]]:
     """The service's engine without Kafka: tokenizing, the batcher, the runner."""
     runner(runner.encode(texts[:64]))
@@ -126,6 +138,7 @@ def bench_raw(
         max_batch_tokens=options.max_batch_tokens,
         max_padding=options.max_padding,
         capacity=len(texts),
+        workers=workers,
     ) as batcher:
         started = time.perf_counter()
         items = queue_items(runner.encode(texts))
@@ -351,7 +364,8 @@ def main() -> int:
     )
     dynamic_invariance = batch_invariance(dynamic, texts)
     del dynamic
-    raw_rate, raw_labels = bench_raw(served.runner, texts, options)
+    workers = resolve_workers(options, serving_device(options.device))
+    raw_rate, raw_labels = bench_raw(served.runner, texts, options, workers)
     del served
 
     grpc: dict[str, float] = {}
@@ -416,6 +430,7 @@ def main() -> int:
         "n_texts": len(texts),
         "engine_chosen": choice.engine,
         "engine_threads": choice.threads,
+        "workers": workers,
         "engines": {t.engine: t.docs_per_s for t in choice.trials},
         "engines_timed": {
             t.engine: {

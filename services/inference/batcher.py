@@ -1,11 +1,15 @@
 """One dynamic batcher for every caller of the model: the Kafka loop and gRPC alike.
 
 Callers ``submit`` items and get one :class:`concurrent.futures.Future` per item, which a
-sync caller waits on and an asyncio caller wraps with :func:`asyncio.wrap_future`. One
-batching thread owns the model: it forms a batch from what is queued, runs the model on
-itself (never on an event loop) and resolves the futures. Because a batch is formed while
-the previous one computes, batches grow with load on their own; ``max_delay_s`` can add
-waiting on top, but starts at zero (Triton's advice: add delay only once measured).
+sync caller waits on and an asyncio caller wraps with :func:`asyncio.wrap_future`.
+Batching threads (``workers``, one by default) own the model: each forms a batch from
+what is queued, runs the model on itself (never on an event loop) and resolves the
+futures. Because a batch is formed while the previous one computes, batches grow with
+load on their own; ``max_delay_s`` can add waiting on top, but starts at zero (Triton's
+advice: add delay only once measured). With several workers, batches run side by side
+on one thread-safe runner (Triton's instance groups): on a CPU, two workers of one
+thread each keep two cores busy where one two-thread run leaves them waiting on each
+other between the small operations of a short text.
 
 Batches are formed by token length (see :func:`select_batch`), with the padding a batch
 may carry capped (``max_padding``), so padded backends waste little compute on it; and
@@ -173,6 +177,7 @@ class Backlog:
     tokens: int
     in_flight_tokens: int = 0
     in_flight_elapsed_s: float = 0.0
+    workers: int = 1  # batches that run side by side, each at the measured cost
 
 
 @dataclass(slots=True)
@@ -182,6 +187,13 @@ class _Entry(Generic[P, R]):
     enqueued: float
     deadline: float | None = None
     future: Future[Versioned[R]] = field(default_factory=Future)
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight(Generic[P, R]):
+    runner: Runner[P, R]
+    tokens: int
+    started: float
 
 
 @dataclass(slots=True)
@@ -274,10 +286,11 @@ def drain_estimate_s(backlog: Backlog, s_per_token: float) -> float:
     Per token rather than per item because batches are formed and paid for by tokens;
     the measured cost is taken over whole batches, so it already includes what batching
     saves and what padding wastes. The batch in flight counts only for what is left of
-    it, and never less than nothing when it runs longer than estimated.
+    it, and never less than nothing when it runs longer than estimated. Several workers
+    drain the queue side by side, each at the measured cost.
     """
     in_flight_s = backlog.in_flight_tokens * s_per_token - backlog.in_flight_elapsed_s
-    return backlog.tokens * s_per_token + max(0.0, in_flight_s)
+    return backlog.tokens * s_per_token / backlog.workers + max(0.0, in_flight_s)
 
 
 def refusal_hint_s(estimate_s: float, budget_s: float | None) -> float | None:
@@ -294,10 +307,11 @@ def refusal_hint_s(estimate_s: float, budget_s: float | None) -> float | None:
 
 
 class Batcher(Generic[P, R]):
-    """Bounded queue plus one batching thread; see the module docstring.
+    """Bounded queue plus ``workers`` batching threads; see the module docstring.
 
     Thread-safe. ``runner`` may be None until the first model exists; ``submit`` then
-    raises :class:`NoRunnerError`. ``on_batch`` runs on the batching thread after every
+    raises :class:`NoRunnerError`; with ``workers`` above one it must accept calls from
+    several threads at once. ``on_batch`` runs on the batching thread after every
     batch, after the batch's futures are resolved. ``on_shed(reason, count)`` is told
     of items refused (``"refused"``) or dropped as expired (``"expired"``) for their
     deadline, from the thread that shed them.
@@ -317,9 +331,10 @@ class Batcher(Generic[P, R]):
         on_batch: Callable[[BatchStats], None] | None = None,
         on_shed: Callable[[str, int], None] | None = None,
         name: str = "batcher",
+        workers: int = 1,
     ) -> None:
-        if max_batch_size < 1 or max_batch_tokens < 1 or capacity < 1:
-            raise ValueError("max_batch_size, max_batch_tokens and capacity must be >= 1")
+        if max_batch_size < 1 or max_batch_tokens < 1 or capacity < 1 or workers < 1:
+            raise ValueError("max_batch_size, max_batch_tokens, capacity and workers must be >= 1")
         if max_delay_s < 0:
             raise ValueError("max_delay_s must be >= 0")
         if max_padding is not None and max_padding < 0:
@@ -345,13 +360,23 @@ class Batcher(Generic[P, R]):
         self._queue: dict[int, _Entry[P, R]] = {}
         self._urgent: dict[int, _Entry[P, R]] = {}
         self._next_seq = 0
-        self._busy_with: Runner[P, R] | None = None
-        # Tokens and start time of the batch in flight, and the measured cost per token.
-        self._in_flight: tuple[int, float] | None = None
+        # The batches in flight, by worker: the runner each started on, their tokens and
+        # start time; and the measured cost per token of one batch on one worker.
+        self._in_flight: dict[int, _InFlight[P, R]] = {}
         self._s_per_token: float | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._workers = workers
+        self._threads = [
+            threading.Thread(
+                target=self._run,
+                args=(worker,),
+                name=name if workers == 1 else f"{name}-{worker}",
+                daemon=True,
+            )
+            for worker in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queue_depth(self) -> int:
@@ -364,6 +389,10 @@ class Batcher(Generic[P, R]):
     @property
     def capacity(self) -> int:
         return self._capacity
+
+    @property
+    def workers(self) -> int:
+        return self._workers
 
     @property
     def runner(self) -> Runner[P, R] | None:
@@ -416,16 +445,16 @@ class Batcher(Generic[P, R]):
     def swap(self, runner: Runner[P, R], *, wait: bool = True) -> Runner[P, R] | None:
         """Install a new model for every batch formed from now on; return the old one.
 
-        The batch in flight finishes on the model it started with. With ``wait`` the
+        Batches in flight finish on the model they started with. With ``wait`` the
         call returns only once the old model has no batch in flight, so the caller may
         free it. Never call with ``wait`` from inside a runner: it would wait on itself.
         """
         with self._lock:
             old = self._runner
             self._runner = runner
-            self._work_ready.notify()
+            self._work_ready.notify_all()
             if wait and old is not None:
-                while self._busy_with is old:
+                while any(f.runner is old for f in self._in_flight.values()):
                     self._batch_done.wait()
         return old
 
@@ -441,7 +470,9 @@ class Batcher(Generic[P, R]):
             self._room_ready.notify_all()
         for entry in dropped:
             _fail(entry.future, BatcherClosedError("the batcher closed before this item ran"))
-        self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> Batcher[P, R]:
         return self
@@ -491,14 +522,18 @@ class Batcher(Generic[P, R]):
             )
 
     def _backlog(self, items: Sequence[Item[P]], urgent: bool, now: float) -> Backlog:
-        """What new ``items`` would wait for, in the order batches take work."""
+        """What new ``items`` would wait for, in the order batches take work.
+
+        With a worker idle nothing in flight stands in the way; with all busy, the
+        batch that started first is the one expected to free its worker first.
+        """
         lanes = (self._urgent,) if urgent else (self._urgent, self._queue)
         queued = sum(e.item.tokens for lane in lanes for e in lane.values())
         tokens = queued + sum(item.tokens for item in items)
-        if self._in_flight is None:
-            return Backlog(tokens)
-        in_flight_tokens, started = self._in_flight
-        return Backlog(tokens, in_flight_tokens, now - started)
+        if len(self._in_flight) < self._workers:
+            return Backlog(tokens, workers=self._workers)
+        first = min(self._in_flight.values(), key=lambda f: f.started)
+        return Backlog(tokens, first.tokens, now - first.started, self._workers)
 
     def _shed(self, reason: str, count: int) -> None:
         if self._on_shed is None or count == 0:
@@ -528,9 +563,9 @@ class Batcher(Generic[P, R]):
 
         return forget
 
-    def _run(self) -> None:
+    def _run(self, worker: int) -> None:
         while True:
-            taken = self._take_batch()
+            taken = self._take_batch(worker)
             if taken is None:
                 return
             self._expire(taken.expired)
@@ -546,8 +581,7 @@ class Batcher(Generic[P, R]):
                     _fail(entry.future, exc)
             finally:
                 with self._lock:
-                    self._busy_with = None
-                    self._in_flight = None
+                    self._in_flight.pop(worker, None)
                     self._batch_done.notify_all()
 
     def _expire(self, expired: list[_Entry[P, R]]) -> None:
@@ -556,7 +590,7 @@ class Batcher(Generic[P, R]):
             _fail(entry.future, DeadlineExpiredError("the deadline passed before the item ran"))
         self._shed("expired", len(expired))
 
-    def _take_batch(self) -> _Taken[P, R] | None:
+    def _take_batch(self, worker: int) -> _Taken[P, R] | None:
         """Block until a batch is due and remove it from the queue; None once closed and empty.
 
         Items whose deadline has passed are removed on the way and handed back apart,
@@ -595,9 +629,11 @@ class Batcher(Generic[P, R]):
                 entries = [queued[i] for i in picked]
                 for entry in entries:
                     del lane[entry.seq]
-                self._busy_with = runner
-                self._in_flight = (sum(e.item.tokens for e in entries), now)
+                tokens = sum(e.item.tokens for e in entries)
+                self._in_flight[worker] = _InFlight(runner, tokens, now)
                 self._room_ready.notify_all()
+                if self._depth():
+                    self._work_ready.notify()  # an idle worker takes what this one left
                 return _Taken(runner, entries, expired, now, self._depth())
 
     def _runner_or_fail(self) -> Runner[P, R]:

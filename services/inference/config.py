@@ -41,10 +41,14 @@ class InferenceOptions(BaseModel):
     calibration_data: Path | None = SEED_VALID_CSV
     onnx_cache_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Intra-op threads; unset: the CPUs this process may use (affinity and cgroup
-    # quota) less reserve_cores, left to the tokenizer, Kafka client and co-located work.
+    # The threads a model computes on, in all; unset: the CPUs this process may use
+    # (affinity and cgroup quota) less reserve_cores, left to the tokenizer, Kafka
+    # client and co-located work.
     num_threads: int | None = Field(default=None, ge=1, description="unset: usable CPUs")
     reserve_cores: int = Field(default=0, ge=0, description="CPUs left to other work")
+    # Batches a model runs side by side, each on num_threads / workers intra-op
+    # threads (batcher.Batcher); unset: one per thread on a CPU, one on a GPU.
+    workers: int | None = Field(default=None, ge=1, description="unset: one per CPU thread")
     # ONNX Runtime's threads spin between runs instead of sleeping: faster alone on its
     # cores, at the cost of whatever shares them (backends.OnnxRunner).
     spin: bool = False

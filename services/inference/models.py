@@ -35,6 +35,7 @@ from services.inference import metrics
 from services.inference.backends import Prediction, TextRunner
 from services.inference.batcher import Batcher, Item, Versioned
 from services.inference.config import InferenceOptions
+from services.inference.engines import resolve_workers, serving_device
 from services.inference.loading import NOT_IN_MANIFEST, ArtifactLoader, Loader
 from services.inference.tokenization import Encoded
 
@@ -97,6 +98,7 @@ class ModelManager:
     ) -> None:
         self._options = options
         self._load = loader or ArtifactLoader(options, registry)
+        self._workers = resolve_workers(options, serving_device(options.device))
         self._batchers = {name: self._new_batcher(name) for name in options.models}
         self._serving: dict[str, _Served] = {}
         self._shadows: dict[str, _Shadow] = {}
@@ -119,6 +121,7 @@ class ModelManager:
             on_batch=lambda stats: metrics.observe_batch(name, stats),
             on_shed=lambda reason, count: metrics.observe_shed(name, reason, count),
             name=f"batcher-{name}-{role}",
+            workers=self._workers,
         )
 
     # -- what is served -------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, wait
@@ -661,3 +662,86 @@ def test_a_padding_cap_splits_a_spread_into_tight_batches() -> None:
     assert len(uncapped) == 1
     assert len(capped) == 2
     assert _padding_of(capped) < _padding_of(uncapped) / 4
+
+
+# --- several workers -----------------------------------------------------------------
+
+
+class MeetingModel:
+    """Answers only once ``parties`` batches are inside it at the same time."""
+
+    version = "v1"
+
+    def __init__(self, parties: int) -> None:
+        self.meeting = threading.Barrier(parties, timeout=TIMEOUT)
+
+    def __call__(self, payloads: Sequence[str], /) -> list[str]:
+        self.meeting.wait()
+        return [f"v1:{p}" for p in payloads]
+
+
+def test_two_workers_run_two_batches_side_by_side(
+    batcher_factory: Callable[..., Batcher[str, str]],
+) -> None:
+    # One item per batch, and the model answers neither until both are inside it: with
+    # one worker this would time out on the barrier.
+    batcher = batcher_factory(MeetingModel(2), workers=2, max_batch_size=1)
+    futures = batcher.submit(items("a", "b"))
+    assert [r.value for r in results(futures)] == ["v1:a", "v1:b"]
+    assert batcher.workers == 2
+
+
+def test_one_worker_runs_one_batch_at_a_time(
+    batcher_factory: Callable[..., Batcher[str, str]],
+) -> None:
+    batcher = batcher_factory(MeetingModel(2), max_batch_size=1)
+    first, second = batcher.submit(items("a", "b"))
+    with pytest.raises(threading.BrokenBarrierError):
+        first.result(TIMEOUT * 2)
+    assert second.exception(TIMEOUT) is not None
+
+
+def test_a_swap_waits_for_every_worker_on_the_old_model(
+    batcher_factory: Callable[..., Batcher[str, str]], model: FakeModel
+) -> None:
+    batcher = batcher_factory(model, workers=2, max_batch_size=1)
+    model.hold()
+    held = batcher.submit(items("a", "b"))
+    give_up = time.monotonic() + TIMEOUT
+    while len(model.batches) < 2 and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert len(model.batches) == 2, "both workers should be inside the old model"
+    new = FakeModel("v2")
+    swapped: Future[object] = Future()
+    threading.Thread(target=lambda: swapped.set_result(batcher.swap(new)), daemon=True).start()
+    done, _ = wait([swapped], timeout=0.2)
+    assert not done, "swap returned while old batches were in flight"
+    model.release()
+    assert swapped.result(TIMEOUT) is model
+    assert {r.version for r in results(held)} == {"v1"}
+    assert results(batcher.submit(items("c")))[0].version == "v2"
+
+
+def test_every_item_is_answered_once_by_several_workers(
+    batcher_factory: Callable[..., Batcher[str, str]], model: FakeModel
+) -> None:
+    batcher = batcher_factory(model, workers=3, max_batch_size=4)
+    payloads = [f"p{i}" for i in range(200)]
+    futures = [
+        f
+        for chunk in range(0, 200, 10)
+        for f in batcher.submit(items(*payloads[chunk : chunk + 10]))
+    ]
+    assert [r.value for r in results(futures)] == [f"v1:{p}" for p in payloads]
+    assert sorted(Counter(model.seen).values()) == [1] * 200
+
+
+def test_several_workers_drain_the_queue_in_proportion() -> None:
+    assert drain_estimate_s(Backlog(tokens=30, workers=2), s_per_token=0.1) == pytest.approx(1.5)
+    busy = Backlog(tokens=30, in_flight_tokens=10, in_flight_elapsed_s=0.4, workers=3)
+    assert drain_estimate_s(busy, s_per_token=0.1) == pytest.approx(1.6)
+
+
+def test_zero_workers_is_refused() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        Batcher(FakeModel(), workers=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import grpc
 import numpy as np
@@ -12,11 +12,19 @@ import pytest
 from prometheus_client import REGISTRY
 from sentiflow_client.v1 import classifier_pb2
 
+from sentiflow import cpus
 from sentiflow.models.tiny import WORDS, make_checkpoint
 from services.inference import engines
 from services.inference.backends import OnnxRunner, Prediction, TextRunner
 from services.inference.config import Engine, InferenceOptions
-from services.inference.engines import Choice, Machine, Rules, Trial
+from services.inference.engines import (
+    Choice,
+    Machine,
+    Rules,
+    Trial,
+    resolve_workers,
+    runner_threads,
+)
 from services.inference.grpc_api import ClassifierService
 from services.inference.models import ModelManager
 
@@ -288,3 +296,25 @@ def test_calibration_texts_are_spread_through_the_file(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("body\nx\n")
     with pytest.raises(ValueError, match="text"):
         engines.read_calibration_texts(tmp_path / "bad.csv")
+
+
+@pytest.mark.parametrize(
+    ("threads", "workers", "device", "expected"),
+    [
+        (2, None, "cpu", (2, 1)),  # a CPU: one worker per thread, one thread each
+        (4, None, "cuda", (1, 4)),  # a GPU: one stream of batches
+        (4, 2, "cpu", (2, 2)),
+        (2, 3, "cpu", (3, 1)),  # more workers than threads: one thread each, not zero
+    ],
+)
+def test_the_thread_budget_is_split_among_the_workers(
+    threads: int, workers: int | None, device: Literal["cpu", "cuda"], expected: tuple[int, int]
+) -> None:
+    options = InferenceOptions(num_threads=threads, workers=workers)
+    assert (resolve_workers(options, device), runner_threads(options, device)) == expected
+
+
+def test_workers_default_to_the_usable_cpus_on_a_cpu() -> None:
+    options = InferenceOptions()
+    assert resolve_workers(options, "cpu") == cpus.usable_cpus()
+    assert runner_threads(options, "cpu") == 1
