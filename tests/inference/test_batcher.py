@@ -130,6 +130,13 @@ def start_blocked_batch(batcher: Batcher[str, str], model: FakeModel) -> Future[
     return future
 
 
+def swap_in_background(batcher: Batcher[str, str], new: FakeModel) -> Future[object]:
+    """Swap from another thread; the future resolves once the swap returns."""
+    swapped: Future[object] = Future()
+    threading.Thread(target=lambda: swapped.set_result(batcher.swap(new)), daemon=True).start()
+    return swapped
+
+
 # --- batch selection (pure) ----------------------------------------------------------
 
 
@@ -357,8 +364,7 @@ def test_swap_while_busy_finishes_in_flight_on_the_old_model(
     first = start_blocked_batch(batcher, model)
     queued = batcher.submit(items("next"))
     new = FakeModel("v2")
-    swapped: Future[object] = Future()
-    threading.Thread(target=lambda: swapped.set_result(batcher.swap(new)), daemon=True).start()
+    swapped = swap_in_background(batcher, new)
     done, _ = wait([swapped], timeout=0.2)
     assert not done, "swap returned while the old model still had a batch in flight"
     model.release()
@@ -712,8 +718,7 @@ def test_a_swap_waits_for_every_worker_on_the_old_model(
         time.sleep(0.01)
     assert len(model.batches) == 2, "both workers should be inside the old model"
     new = FakeModel("v2")
-    swapped: Future[object] = Future()
-    threading.Thread(target=lambda: swapped.set_result(batcher.swap(new)), daemon=True).start()
+    swapped = swap_in_background(batcher, new)
     done, _ = wait([swapped], timeout=0.2)
     assert not done, "swap returned while old batches were in flight"
     model.release()
