@@ -264,8 +264,8 @@ def train(
     ``on_step`` hears about every step (a service shows it on /metrics and in logs;
     ``progress`` is the terminal bar for commands). ``soft_targets``, where given for a
     text, replaces its label by a probability per class (distillation of replayed
-    examples, see ``rounds.replay_targets``); the label still names the class that
-    class weighting counts.
+    examples, see ``rounds.replay_targets``). Class weights are still counted from the
+    labels; with soft targets they scale each class's term of the loss.
     """
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")

@@ -77,11 +77,11 @@ class RoundTrainConfig(TrainConfig):
     production) together with ``RoundConfig.replay_ratio``, ``replay_distillation`` and
     ``interpolation``: 1e-4 over two epochs, four replayed tweets per correction whose
     targets are the starting model's own probabilities, the result averaged 4:1 with
-    the starting weights. Measured on the whole seed validation split, four distilled
-    replays per correction gained 20.3 points of headline accuracy for 1.5 points of
-    seed accuracy at 0.75 and 22.5 for 2.1 at 0.85; two distilled replays 22.5 for 2.9
-    at 0.75; a plain fine-tune (3e-5, one replayed tweet with its label, no averaging)
-    23.6 for 6.8.
+    the starting weights. Measured on the whole seed validation split, it gained 21.2
+    points of headline accuracy for 1.6 points of seed accuracy (23.1 for 1.8 at 0.85,
+    19.6 for 1.3 at 0.75), where the loop's first recipe (3e-5, one replayed tweet
+    with its label per correction, no averaging) gained 25.3 for 8.2
+    (bench/results/recipes.json).
 
     A type of its own, not an instance with other values, so that setting one field
     from the environment keeps these defaults for the others.

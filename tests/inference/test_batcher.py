@@ -130,11 +130,15 @@ def start_blocked_batch(batcher: Batcher[str, str], model: FakeModel) -> Future[
     return future
 
 
-def swap_in_background(batcher: Batcher[str, str], new: FakeModel) -> Future[object]:
-    """Swap from another thread; the future resolves once the swap returns."""
+def swap_waits_for(batcher: Batcher[str, str], held: FakeModel, new: FakeModel) -> None:
+    """Swap to ``new`` from another thread while ``held`` is mid-batch: the swap must
+    not return until ``held`` is released, and then returns ``held``."""
     swapped: Future[object] = Future()
     threading.Thread(target=lambda: swapped.set_result(batcher.swap(new)), daemon=True).start()
-    return swapped
+    done, _ = wait([swapped], timeout=0.2)
+    assert not done, "swap returned while the old model still had a batch in flight"
+    held.release()
+    assert swapped.result(TIMEOUT) is held
 
 
 # --- batch selection (pure) ----------------------------------------------------------
@@ -364,11 +368,7 @@ def test_swap_while_busy_finishes_in_flight_on_the_old_model(
     first = start_blocked_batch(batcher, model)
     queued = batcher.submit(items("next"))
     new = FakeModel("v2")
-    swapped = swap_in_background(batcher, new)
-    done, _ = wait([swapped], timeout=0.2)
-    assert not done, "swap returned while the old model still had a batch in flight"
-    model.release()
-    assert swapped.result(TIMEOUT) is model
+    swap_waits_for(batcher, model, new)
     old_result, new_result = results([first, *queued])
     assert (old_result.version, old_result.value) == ("v1", "v1:first")
     assert (new_result.version, new_result.value) == ("v2", "v2:next")
@@ -678,8 +678,8 @@ class MeetingModel:
 
     version = "v1"
 
-    def __init__(self, parties: int) -> None:
-        self.meeting = threading.Barrier(parties, timeout=TIMEOUT)
+    def __init__(self, parties: int, timeout: float = TIMEOUT) -> None:
+        self.meeting = threading.Barrier(parties, timeout=timeout)
 
     def __call__(self, payloads: Sequence[str], /) -> list[str]:
         self.meeting.wait()
@@ -700,10 +700,11 @@ def test_two_workers_run_two_batches_side_by_side(
 def test_one_worker_runs_one_batch_at_a_time(
     batcher_factory: Callable[..., Batcher[str, str]],
 ) -> None:
-    batcher = batcher_factory(MeetingModel(2), max_batch_size=1)
+    # The first batch waits alone for a partner that one worker never sends.
+    batcher = batcher_factory(MeetingModel(2, timeout=0.5), max_batch_size=1)
     first, second = batcher.submit(items("a", "b"))
     with pytest.raises(threading.BrokenBarrierError):
-        first.result(TIMEOUT * 2)
+        first.result(TIMEOUT)
     assert second.exception(TIMEOUT) is not None
 
 
@@ -717,12 +718,7 @@ def test_a_swap_waits_for_every_worker_on_the_old_model(
     while len(model.batches) < 2 and time.monotonic() < give_up:
         time.sleep(0.01)
     assert len(model.batches) == 2, "both workers should be inside the old model"
-    new = FakeModel("v2")
-    swapped = swap_in_background(batcher, new)
-    done, _ = wait([swapped], timeout=0.2)
-    assert not done, "swap returned while old batches were in flight"
-    model.release()
-    assert swapped.result(TIMEOUT) is model
+    swap_waits_for(batcher, model, FakeModel("v2"))
     assert {r.version for r in results(held)} == {"v1"}
     assert results(batcher.submit(items("c")))[0].version == "v2"
 
