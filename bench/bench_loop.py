@@ -608,6 +608,7 @@ def main() -> int:
             "session_verdict": session["verdict"],
             "session_gate": session["gate"],
             "round_train_seconds": metadata.get("training", {}).get("seconds"),
+            "round_seconds": metadata.get("round_seconds"),
             "recipe": {
                 "start_from": metadata.get("started_from"),
                 "replayed_examples": metadata.get("replayed_examples"),

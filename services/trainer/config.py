@@ -22,6 +22,10 @@ class TrainerOptions(BaseModel):
     # Added to the process's scheduling niceness at start: a round then takes the cores
     # inference leaves idle rather than the ones it needs, and 0 keeps the priority.
     nice: int = Field(default=10, ge=0, le=19)
+    # Between rounds, texts per check that production and the round's starting version
+    # label ahead of the next round (the seed splits a round asks them about); 0: none,
+    # every round works them out itself.
+    prepare_slice: int = Field(default=256, ge=0)
     # When a round starts (this many new settled examples, or any after max_interval_s,
     # once the flow paused for quiet_s or the oldest waited max_wait_s), how it
     # fine-tunes (``train``, from ``start_from``) and what the gate asks (``gate``): e.g.

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sentiflow.models.modeling import label_names
@@ -36,12 +37,12 @@ from services.trainer.finetune import (
     ProgressCallback,
     TrainResult,
     interpolate,
-    predict,
     predict_logits,
     snapshot,
     train,
 )
 from services.trainer.gate import FEEDBACK_SET, SEED_SET, Paired, Verdict, decide
+from services.trainer.memo import Compute, LogitsMemo
 from services.trainer.recipe import RoundConfig
 
 Texts = list[str]
@@ -127,23 +128,51 @@ def plan(
     )
 
 
+def logits_of(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: RoundConfig,
+    memo: LogitsMemo | None = None,
+    version: str | None = None,
+) -> Compute:
+    """How a round asks ``model`` for logits: through ``memo`` where the model is the
+    registered ``version`` (its answers do not change), directly otherwise."""
+    tcfg = config.train
+
+    def compute(texts: list[str]) -> torch.Tensor:
+        return predict_logits(model, tokenizer, texts, tcfg.eval_batch_size, tcfg.max_length)
+
+    if memo is None or version is None:
+        return compute
+    key = memo_key(version, config)
+    return lambda texts: memo.logits(key, texts, compute)
+
+
+def memo_key(version: str, config: RoundConfig) -> tuple[str, int]:
+    """What decides a version's logits on a text: the version and the token limit."""
+    return (version, config.train.max_length)
+
+
 def replay_targets(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     data: RoundData,
     config: RoundConfig,
+    teacher: Compute | None = None,
 ) -> list[list[float] | None] | None:
     """Soft targets for the replayed rows: ``replay_distillation`` of the starting
     model's probabilities blended with the seed label (None for feedback rows, whose
-    corrected label is the target; None overall when distillation is off)."""
+    corrected label is the target; None overall when distillation is off).
+
+    ``teacher``: where the starting model's logits come from (default: ``model``).
+    """
     share = config.replay_distillation
     replayed = [i for i, is_replay in enumerate(data.replay_mask) if is_replay]
     if share == 0 or not replayed:
         return None
-    tcfg = config.train
     texts = [data.train_texts[i] for i in replayed]
-    teacher = predict_logits(model, tokenizer, texts, tcfg.eval_batch_size, tcfg.max_length)
-    probabilities = teacher.softmax(dim=-1).tolist()
+    ask = teacher or logits_of(model, tokenizer, config)
+    probabilities = ask(texts).softmax(dim=-1).tolist()
     classes = label_names(model)
     targets: list[list[float] | None] = [None] * len(data.train_texts)
     for i, probs in zip(replayed, probabilities, strict=True):
@@ -162,10 +191,15 @@ def fine_tune(
     *,
     progress: bool = False,
     on_step: ProgressCallback | None = None,
+    teacher: Compute | None = None,
 ) -> TrainResult:
     """Train ``model`` (the round's starting checkpoint) in place on the round's data
-    with the recipe's replay targets, then average it with where it started."""
+    with the recipe's replay targets, then average it with where it started.
+
+    ``teacher``: the starting checkpoint's logits, if kept elsewhere (``logits_of``).
+    """
     start_weights = snapshot(model) if config.interpolation < 1 else {}
+    targets = replay_targets(model, tokenizer, data, config, teacher)
     outcome = train(
         model,
         tokenizer,
@@ -174,7 +208,7 @@ def fine_tune(
         replace(config.train, seed=config.seed),
         progress=progress,
         on_step=on_step,
-        soft_targets=replay_targets(model, tokenizer, data, config),
+        soft_targets=targets,
     )
     interpolate(model, start_weights, config.interpolation)
     return outcome
@@ -201,16 +235,15 @@ def lineage_root(registry: ModelRegistry, model_name: str, version: VersionInfo)
 
 
 def _predictions(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    sets: dict[str, tuple[Texts, Labels]],
-    config: RoundConfig,
-) -> dict[str, list[str]]:
-    tcfg = config.train
-    return {
-        name: predict(model, tokenizer, texts, tcfg.eval_batch_size, tcfg.max_length)
-        for name, (texts, _) in sets.items()
+    ask: Compute, classes: Sequence[str], sets: dict[str, tuple[Texts, Labels]]
+) -> tuple[dict[str, list[str]], dict[str, torch.Tensor]]:
+    """Labels per set, and the logits they came from."""
+    logits = {name: ask(texts) for name, (texts, _) in sets.items()}
+    labels = {
+        name: [classes[int(i)] for i in rows.argmax(dim=-1).tolist()]
+        for name, rows in logits.items()
     }
+    return labels, logits
 
 
 def _reports(
@@ -250,7 +283,10 @@ def run_round(
     *,
     progress: bool = False,
     on_step: ProgressCallback | None = None,
+    memo: LogitsMemo | None = None,
 ) -> RoundResult:
+    """``memo``: the registered versions' logits, kept between rounds: production's
+    and the starting version's come from it, and a promoted candidate's go into it."""
     started = time.perf_counter()
     production = registry.production(model_name)
     if production is None:
@@ -265,14 +301,29 @@ def run_round(
     tcfg = config.train
 
     base_model, tokenizer = registry.load(model_name, production.version)
-    production_predictions = _predictions(base_model, tokenizer, sets, config)
+    production_predictions, _ = _predictions(
+        logits_of(base_model, tokenizer, config, memo, production.version),
+        label_names(base_model),
+        sets,
+    )
     production_scores = _reports(sets, production_predictions, label_names(base_model))
     del base_model
     # Fine-tune a copy: the registry load gives a fresh model, production is untouched.
     candidate, cand_tokenizer = registry.load(model_name, start.version)
-    outcome = fine_tune(candidate, cand_tokenizer, data, config, progress=progress, on_step=on_step)
+    teacher = logits_of(candidate, cand_tokenizer, config, memo, start.version)
+    outcome = fine_tune(
+        candidate,
+        cand_tokenizer,
+        data,
+        config,
+        progress=progress,
+        on_step=on_step,
+        teacher=teacher,
+    )
     classes = label_names(candidate)
-    candidate_predictions = _predictions(candidate, cand_tokenizer, sets, config)
+    candidate_predictions, candidate_logits = _predictions(
+        logits_of(candidate, cand_tokenizer, config), classes, sets
+    )
     candidate_scores = _reports(sets, candidate_predictions, classes)
     paired = {
         name: Paired(labels, production_predictions[name], candidate_predictions[name])
@@ -303,11 +354,18 @@ def run_round(
                 "device": outcome.device,
                 "steps": outcome.steps,
             },
+            # From the round's start to here: training, and asking the three models.
+            "round_seconds": round(time.perf_counter() - started, 3),
         },
         stage=stage,
         parent=production.version,
         reason=verdict.reason,
     )
+    if memo is not None and verdict.promote:
+        # The next round's production: its answers on these sets are known already.
+        key = memo_key(version.version, config)
+        for name, (texts, _) in sets.items():
+            memo.store(key, texts, candidate_logits[name])
     return RoundResult(
         version, verdict, time.perf_counter() - started, candidate_scores, production_scores
     )

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
 from sentiflow_client.v1 import events_pb2
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sentiflow import schemaregistry, tracing
 from sentiflow.follow import TopicFollower
@@ -28,7 +29,17 @@ from services.trainer import metrics
 from services.trainer.config import TrainerSettings
 from services.trainer.examples import Example, ExampleStore
 from services.trainer.finetune import TrainProgress
-from services.trainer.rounds import Backlog, RoundResult, plan, run_round, should_run
+from services.trainer.memo import LogitsMemo
+from services.trainer.rounds import (
+    Backlog,
+    RoundResult,
+    lineage_root,
+    logits_of,
+    memo_key,
+    plan,
+    run_round,
+    should_run,
+)
 from services.trainer.shadow import ShadowService
 
 log = logging.getLogger(__name__)
@@ -120,6 +131,11 @@ class Trainer:
             else None
         )
         self.last_result: RoundResult | None = None
+        self.memo = LogitsMemo()
+        # The version ``prepare`` is working for, loaded once (None once it is done),
+        # and whether there may be work: at the start and after each round.
+        self._preparing: tuple[str, PreTrainedModel, PreTrainedTokenizerBase] | None = None
+        self._to_prepare = True
 
     # -- progress ---------------------------------------------------------------------
 
@@ -170,6 +186,7 @@ class Trainer:
                 if now < retry_after or not should_run(
                     Backlog.of(pending), now, last_round, self._config
                 ):
+                    self._prepare_quietly()
                     continue
                 try:
                     self.round(pending, everything)
@@ -187,6 +204,52 @@ class Trainer:
             self.reader.stop()
             if self.shadow is not None:
                 self.shadow.stop()
+
+    def prepare(self) -> bool:
+        """Work out one slice of what the next round will ask: production's logits on
+        the seed validation split and, where replay is distilled, the starting
+        version's on the seed training split. False once nothing is left to do.
+
+        A round run after this takes them from ``memo`` instead of computing them
+        between the last correction and the new version going live.
+        """
+        limit = self._options.prepare_slice
+        model_name = self._options.model
+        production = self._registry.production(model_name) if limit and self._to_prepare else None
+        if production is None:
+            return False
+        config = self._config
+        start = (
+            production
+            if config.start_from == "production"
+            else lineage_root(self._registry, model_name, production)
+        )
+        work = [(production.version, self._seed_valid[0])]
+        if config.replay_ratio and config.replay_distillation:
+            work.append((start.version, self._seed_train[0]))
+        for version, texts in work:
+            key = memo_key(version, config)
+            missing = self.memo.missing(key, texts)
+            if not missing:
+                continue
+            if self._preparing is None or self._preparing[0] != version:
+                self._preparing = (version, *self._registry.load(model_name, version))
+            _, model, tokenizer = self._preparing
+            chunk = missing[:limit]
+            self.memo.store(key, chunk, logits_of(model, tokenizer, config)(chunk))
+            return True
+        if self._preparing is not None:
+            log.info("prepared the next round: what it asks of %s is known", production.version)
+        self._preparing = None
+        self._to_prepare = False
+        return False
+
+    def _prepare_quietly(self) -> None:
+        try:
+            self.prepare()
+        except Exception:
+            # Only time is lost: the round works out whatever is missing itself.
+            log.exception("preparing the next round failed")
 
     def _judge_shadow(self) -> None:
         if self.shadow is None:
@@ -216,6 +279,7 @@ class Trainer:
                 self._seed_valid,
                 self._config,
                 on_step=report_progress,
+                memo=self.memo,
             )
         except Exception:
             metrics.ROUNDS.labels("failed").inc()
@@ -230,4 +294,5 @@ class Trainer:
             result.verdict.reason,
         )
         self.last_result = result
+        self._to_prepare = True
         return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from sentiflow.models.modeling import label_names
 from sentiflow.models.registry import Registry
@@ -13,11 +14,13 @@ from services.trainer.data import in_holdout
 from services.trainer.examples import Example
 from services.trainer.finetune import predict_logits
 from services.trainer.gate import GateConfig
+from services.trainer.memo import LogitsMemo
 from services.trainer.recipe import RoundConfig, RoundTrainConfig
 from services.trainer.rounds import (
     Backlog,
     RoundData,
     lineage_root,
+    memo_key,
     plan,
     replay_targets,
     run_round,
@@ -127,6 +130,41 @@ def test_a_round_can_start_from_the_bootstrap_version(tmp_path: Path) -> None:
     assert (meta["started_from"], result.version.parent) == (root.version, current.version)
     assert meta["gate"]["test"] == "paired bootstrap"
     assert set(meta["evaluations"]) == {"seed_valid", "feedback_holdout"}
+
+
+def test_a_round_asks_the_memo_for_production_and_fills_it_with_what_it_promotes(
+    tmp_path: Path,
+) -> None:
+    registry = Registry(tmp_path / "registry")
+    model, tokenizer = make_tiny_classifier(tmp_path / "model")
+    production = registry.save("m", model, tokenizer, stage="production")
+    texts = ["stocks rally", "shares slump", "market flat"] * 20
+    labels = ["positive", "negative", "neutral"] * 20
+    config = RoundConfig(
+        replay_distillation=0.0,
+        train=RoundTrainConfig(epochs=3, learning_rate=5e-3, batch_size=8, max_length=16),
+        gate=GateConfig(min_holdout=10, resamples=200),
+    )
+    # Remembered answers that are wrong on every text: the round must score production
+    # by them, not by asking the model again.
+    names = label_names(model)
+    wrong = {"positive": "negative", "negative": "neutral", "neutral": "positive"}
+    memo = LogitsMemo()
+    for text, label in zip(texts[:3], labels[:3], strict=True):
+        row = torch.full((1, len(names)), -5.0)
+        row[0, names.index(wrong[label])] = 5.0
+        memo.store(memo_key(production.version, config), [text], row)
+
+    data = RoundData(texts, labels, 60, 60, 0, texts[:30], labels[:30])
+    result = run_round(registry, "m", data, (texts[:30], labels[:30]), config, memo=memo)
+    assert result.production_scores["seed_valid"]["accuracy"] == 0.0
+    assert result.verdict.promote, result.verdict.reason
+    promoted = memo_key(result.version.version, config)
+    assert memo.missing(promoted, texts[:30]) == [], "the next round's production is known"
+    candidate, _ = registry.load("m", result.version.version)
+    again = predict_logits(candidate, tokenizer, texts[:3], max_length=16)
+    remembered = memo.logits(promoted, texts[:3], lambda t: pytest.fail("recomputed"))
+    assert torch.allclose(again, remembered, atol=1e-4)
 
 
 def test_the_plan_marks_which_rows_are_replayed() -> None:

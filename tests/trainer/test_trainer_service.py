@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from prometheus_client import REGISTRY
 from sentiflow_client.v1 import events_pb2
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -27,8 +28,10 @@ from sentiflow.models.tiny import make_checkpoint
 from sentiflow.readback import read_topic
 from services.trainer.config import TrainerOptions, TrainerSettings
 from services.trainer.data import in_holdout
+from services.trainer.finetune import predict_logits
 from services.trainer.gate import GateConfig
 from services.trainer.recipe import RoundConfig, RoundTrainConfig
+from services.trainer.rounds import memo_key
 from services.trainer.service import Trainer
 from tests.support.paths import REPO_ROOT
 from tests.support.signing import TEST_SIGNING_KEY
@@ -333,3 +336,25 @@ def test_a_labelling_session_in_bursts_becomes_one_round(
     meta = registry.get("sentiment", "v0002").metadata
     everything = sum(_trained(f"burst{b}-", 80) for b in range(3))
     assert meta["new_examples"] == meta["feedback_examples"] == everything
+
+
+def test_between_rounds_the_trainer_works_out_what_the_next_round_asks(
+    settings: Settings, tmp_path: Path
+) -> None:
+    registry = _production_registry(tmp_path)
+    distilled = replace(FAST_ROUNDS, replay_distillation=1.0, replay_ratio=1.0)
+    trainer = _trainer(settings, tmp_path, registry, distilled)
+    slices = 0
+    while trainer.prepare():
+        slices += 1
+    seed_train, seed_valid = _split(_task(200, seed=1)), _split(_task(150, seed=2))
+    key = memo_key("v0001", distilled)
+    assert trainer.memo.missing(key, seed_valid[0] + seed_train[0]) == []
+    assert slices >= 2, "the validation split, then the training split"
+    assert not trainer.prepare(), "nothing left"
+
+    # What it remembered is what the model answers.
+    model, tokenizer = registry.load("sentiment", "v0001")
+    direct = predict_logits(model, tokenizer, seed_valid[0], max_length=distilled.train.max_length)
+    remembered = trainer.memo.logits(key, seed_valid[0], lambda t: pytest.fail("recomputed"))
+    assert torch.allclose(direct, remembered, atol=1e-4)
