@@ -58,6 +58,8 @@ def candidates() -> dict[str, RoundConfig]:
         "2 ep, 5e-5, replay 2": with_train(PREVIOUS, 2.0, epochs=2.0, learning_rate=5e-5),
         "2 ep, 1e-4, replay 2, distilled": replace(distilled, replay_ratio=2.0),
         "default (2 ep, 1e-4, replay 4, distilled)": distilled,
+        "default, layer decay 0.8": with_train(distilled, layer_lr_decay=0.8),
+        "default, 3 ep": with_train(distilled, epochs=3.0),
     }
 
 

@@ -45,6 +45,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     schedule: Schedule = "linear"
     head_lr_multiplier: float = 1.0
+    # Each encoder layer below the top learns at this fraction of the rate of the one
+    # above it (1: one rate for all; see ``finetune.layer_depths`` for what it measured).
+    layer_lr_decay: float = 1.0
     precision: Precision = "auto"
     cpu_bf16: bool = True
     length_bucketing: bool = True
@@ -63,6 +66,8 @@ class TrainConfig:
             raise ValueError("warmup_ratio must be in [0, 1)")
         if self.max_length < 2:
             raise ValueError("max_length must be at least 2")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ValueError("layer_lr_decay must be in (0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

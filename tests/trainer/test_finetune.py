@@ -17,6 +17,7 @@ from services.trainer.finetune import (
     cpu_has_native_bf16,
     evaluate,
     interpolate,
+    layer_depths,
     lr_lambda,
     predict,
     predict_logits,
@@ -83,6 +84,51 @@ def test_interpolation_averages_the_tuned_weights_with_the_start(tmp_path: Path)
     assert not torch.allclose(expected, start["classifier.weight"])
     with pytest.raises(ValueError, match="interpolation weight"):
         interpolate(model, start, 0.0)
+
+
+def test_layer_depths_count_down_from_the_head_to_the_embeddings() -> None:
+    names = [
+        "encoder.embeddings.word_embeddings.weight",
+        "encoder.encoder.layer.0.attention.self.query.weight",
+        "encoder.encoder.layer.1.output.dense.bias",
+        "encoder.pooler.dense.weight",
+        "classifier.weight",
+    ]
+    assert layer_depths(names) == {
+        "encoder.embeddings.word_embeddings.weight": 3,
+        "encoder.encoder.layer.0.attention.self.query.weight": 2,
+        "encoder.encoder.layer.1.output.dense.bias": 1,
+        "encoder.pooler.dense.weight": 0,
+        "classifier.weight": 0,
+    }
+    assert layer_depths(["classifier.weight", "embeddings.x"]) == {
+        "classifier.weight": 0,
+        "embeddings.x": 1,
+    }
+
+
+def test_layer_decay_moves_the_lower_layers_less(tmp_path: Path) -> None:
+    def moved(decay: float) -> tuple[float, float]:
+        model, tokenizer = make_tiny_classifier(tmp_path / str(decay))
+        start = snapshot(model)
+        config = dataclasses.replace(FAST, epochs=3, layer_lr_decay=decay)
+        train(model, tokenizer, TEXTS, LABELS, config, progress=False)
+        after = snapshot(model)
+
+        def change(name: str) -> float:
+            return float((after[name] - start[name]).norm())
+
+        bottom = change("encoder.embeddings.word_embeddings.weight")
+        top = change("encoder.encoder.layer.1.output.dense.weight")
+        return bottom, top
+
+    flat_bottom, flat_top = moved(1.0)
+    decayed_bottom, decayed_top = moved(0.1)
+    # Two layers apart at a decay of 0.1: the embeddings move about a hundredth as far
+    # as the top layer, relative to training at one rate.
+    assert decayed_bottom / decayed_top < 0.1 * (flat_bottom / flat_top)
+    with pytest.raises(ValueError, match="layer_lr_decay"):
+        TrainConfig(layer_lr_decay=0.0)
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path: Path) -> None:
