@@ -52,14 +52,17 @@ from services.inference.tokenization import Encoded
 
 __all__ = [
     "ENGINES",
+    "EXACT",
     "REFERENCE",
     "Choice",
     "ChoiceCache",
     "Loaded",
     "Machine",
+    "Predecessor",
     "Rules",
     "Trial",
     "agreement",
+    "architecture",
     "build_runner",
     "candidates",
     "check_invariance",
@@ -78,7 +81,7 @@ log = logging.getLogger(__name__)
 
 ENGINES: tuple[Engine, ...] = get_args(Engine)
 REFERENCE: Engine = "torch-fp32"
-Source = Literal["timed", "cached", "pinned", "fallback"]
+Source = Literal["timed", "cached", "inherited", "pinned", "fallback"]
 ScoreArray = npt.NDArray[np.float64]
 
 SCALE_TEXTS = 64
@@ -514,6 +517,43 @@ class Loaded:
     choice: Choice
 
 
+# Engines whose answers are fp32's own: no agreement to check, so what decides whether
+# one serves a version is speed, and speed is the architecture's and the machine's.
+EXACT: frozenset[str] = frozenset({"torch-fp32", "onnx-fp32", "onnx-cuda-fp32"})
+# Config keys that name or label a checkpoint without changing what it computes.
+_NOT_ARCHITECTURE = ("_name_or_path", "transformers_version", "id2label", "label2id")
+
+
+def architecture(checkpoint: Path) -> dict[str, object]:
+    """What in a checkpoint's config decides an engine's speed: all but names and labels."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    return {k: v for k, v in config.items() if k not in _NOT_ARCHITECTURE}
+
+
+@dataclass(frozen=True)
+class Predecessor:
+    """The version a process served before, as far as choosing an engine goes."""
+
+    architecture: dict[str, object]
+    choice: Choice
+
+    @staticmethod
+    def of(checkpoint: Path, loaded: Loaded) -> Predecessor:
+        return Predecessor(architecture(checkpoint), loaded.choice)
+
+    def passes_on(self, checkpoint: Path) -> bool:
+        """Whether a successor at ``checkpoint`` may serve on the same engine untimed:
+        it was timed (or cached, or inherited) here, is exact, and the architecture is
+        the same, so the ranking of the engines is too. A quantized engine's agreement
+        depends on the weights and is judged again."""
+        choice = self.choice
+        return (
+            choice.source in ("timed", "cached", "inherited")
+            and choice.engine in EXACT
+            and architecture(checkpoint) == self.architecture
+        )
+
+
 def _fallback_engine(machine: Machine) -> Engine:
     """Without calibration texts: an engine exact enough to need no trial."""
     return "onnx-fp32" if machine.device == "cpu" else REFERENCE
@@ -537,8 +577,14 @@ def load_engine(
     machine: Machine | None = None,
     rules: Rules | None = None,
     now: Callable[[], float] = time.perf_counter,
+    previous: Predecessor | None = None,
 ) -> Loaded:
-    """The runner that serves ``checkpoint``: pinned, cached, or timed and chosen."""
+    """The runner that serves ``checkpoint``: pinned, cached, inherited from
+    ``previous`` (the version this process served before, when it passes its exact
+    engine on), or timed and chosen.
+
+    Inheriting keeps a new version of a live model from spending the seconds of a
+    selection between its publication and its first answer."""
     machine = machine or detect_machine(options.device)
     rules = rules or Rules()
     threads = runner_threads(options, machine.device)
@@ -568,6 +614,9 @@ def load_engine(
     if cached is not None:
         runner = build_runner(cached.engine, checkpoint, version, settings)
         return Loaded(runner, replace(cached, source="cached", selection_s=0.0))
+    if previous is not None and previous.passes_on(checkpoint):
+        runner = build_runner(previous.choice.engine, checkpoint, version, settings)
+        return Loaded(runner, replace(previous.choice, source="inherited", selection_s=0.0))
 
     started = now()
     trials, winner = _time_candidates(

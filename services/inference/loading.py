@@ -35,7 +35,7 @@ from sentiflow.models.versions import ModelVersion
 from services.inference import metrics
 from services.inference.backends import TextRunner
 from services.inference.config import InferenceOptions
-from services.inference.engines import describe, load_engine
+from services.inference.engines import Predecessor, describe, load_engine
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -62,10 +62,14 @@ NOT_IN_MANIFEST = ("metadata.json",)
 
 def default_runner_factory(options: InferenceOptions) -> RunnerFactory:
     """The engine :mod:`services.inference.engines` picks (or ``options`` pin), reported
-    in the log, on /metrics and in GetModel."""
+    in the log, on /metrics and in GetModel; a model's next version inherits an exact
+    engine from the one before it (``engines.Predecessor``)."""
+
+    served: dict[str, Predecessor] = {}
 
     def make(path: Path, info: ModelVersion) -> TextRunner:
-        loaded = load_engine(path, info.version, options)
+        loaded = load_engine(path, info.version, options, previous=served.get(info.model))
+        served[info.model] = Predecessor.of(path, loaded)
         log.info("%s %s: %s", info.model, info.version, describe(loaded.choice))
         metrics.observe_engine(info.model, info.version, loaded.choice)
         return loaded.runner

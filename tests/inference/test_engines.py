@@ -147,6 +147,52 @@ def test_a_later_load_reuses_the_choice_without_timing(
     assert again.runner.version == "v2"
 
 
+class _TimingError(Exception):
+    """Raised where a test's load must not reach timing the engines."""
+
+
+def _refuse_timing(*_args: object, **_kwargs: object) -> None:
+    raise _TimingError
+
+
+def test_a_new_version_of_the_same_architecture_inherits_an_exact_engine(
+    checkpoint: Path, options: InferenceOptions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    successor = make_checkpoint(tmp_path / "v2", seed=5, max_length=MAX_LENGTH)
+    timed = engines.Choice("onnx-fp32", "timed", 1, "cpu", trials=(engines.Trial("onnx-fp32"),))
+    before = engines.Predecessor(engines.architecture(checkpoint), timed)
+    monkeypatch.setattr(engines, "time_interleaved", _refuse_timing)
+    loaded = engines.load_engine(successor, "v2", options, previous=before)
+    assert (loaded.choice.engine, loaded.choice.source) == ("onnx-fp32", "inherited")
+    assert loaded.choice.trials == timed.trials, "the figures it was chosen by"
+    assert loaded.runner.version == "v2"
+    assert engines.Predecessor.of(successor, loaded).passes_on(checkpoint), "and passes it on"
+
+
+@pytest.mark.parametrize("case", ["quantized", "pinned", "other architecture"])
+def test_what_is_not_inherited_is_timed_again(
+    checkpoint: Path,
+    options: InferenceOptions,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+) -> None:
+    successor = make_checkpoint(tmp_path / "v2", seed=5, max_length=MAX_LENGTH)
+    engine, source = {
+        "quantized": ("onnx-int8-static", "timed"),
+        "pinned": ("onnx-fp32", "pinned"),
+        "other architecture": ("onnx-fp32", "timed"),
+    }[case]
+    shape = engines.architecture(checkpoint)
+    if case == "other architecture":
+        shape = {**shape, "num_hidden_layers": 12}
+    before = engines.Predecessor(shape, engines.Choice(engine, source, 1, "cpu"))  # type: ignore[arg-type]
+    assert not before.passes_on(successor)
+    monkeypatch.setattr(engines, "time_interleaved", _refuse_timing)
+    with pytest.raises(_TimingError):
+        engines.load_engine(successor, "v2", options, previous=before)
+
+
 def test_a_choice_timed_without_spinning_threads_is_not_reused_with_them(
     checkpoint: Path, options: InferenceOptions, selected: engines.Loaded
 ) -> None:
