@@ -12,7 +12,7 @@ measured a third less forgetting than the whole split, so the whole is the defau
 Folds go by a hash of the document id, so every recipe sees the same splits; the
 domain's test file is never read here, it is for bench_loop only.
 
-Prints a table and writes bench/results/recipes.json.
+Prints a table and writes bench/results/recipes.json (``--name`` for another file).
 """
 
 from __future__ import annotations
@@ -56,10 +56,12 @@ def candidates() -> dict[str, RoundConfig]:
     return {
         "previous default (2 ep, 3e-5, replay 1)": PREVIOUS,
         "2 ep, 5e-5, replay 2": with_train(PREVIOUS, 2.0, epochs=2.0, learning_rate=5e-5),
-        "2 ep, 1e-4, replay 2, distilled": replace(distilled, replay_ratio=2.0),
-        "default (2 ep, 1e-4, replay 4, distilled)": distilled,
-        "default, layer decay 0.8": with_train(distilled, layer_lr_decay=0.8),
-        "default, 3 ep": with_train(distilled, epochs=3.0),
+        "2 ep, 1e-4, replay 2, distilled": with_train(distilled, 2.0, epochs=2.0),
+        "2 ep, 1e-4, replay 4, distilled": with_train(distilled, epochs=2.0),
+        "2 ep, 1e-4, replay 4, distilled, layer decay 0.8": with_train(
+            distilled, epochs=2.0, layer_lr_decay=0.8
+        ),
+        "default (3 ep, 1e-4, replay 4, distilled)": distilled,
     }
 
 
@@ -95,6 +97,9 @@ def main() -> int:
         help="interpolation weights of the tuned model with its start (1: tuned alone)",
     )
     parser.add_argument("--only", nargs="*", default=None, help="recipe names to run")
+    parser.add_argument(
+        "--name", default="recipes", help="the results file: bench/results/NAME.json"
+    )
     args = parser.parse_args()
 
     registry = Registry(args.registry)
@@ -193,7 +198,7 @@ def main() -> int:
         "baseline_accuracy": {str(k): round(v["accuracy"], 4) for k, v in baseline.items()},
         "recipes": results,
     }
-    print(f"wrote {write('recipes', out)}")
+    print(f"wrote {write(args.name, out)}")
     return 0
 
 
