@@ -234,6 +234,15 @@ def lineage_root(registry: ModelRegistry, model_name: str, version: VersionInfo)
     return version
 
 
+def starting_version(
+    registry: ModelRegistry, model_name: str, production: VersionInfo, config: RoundConfig
+) -> VersionInfo:
+    """The checkpoint a round fine-tunes: production, or its lineage's bootstrap root."""
+    if config.start_from == "production":
+        return production
+    return lineage_root(registry, model_name, production)
+
+
 def _predictions(
     ask: Compute, classes: Sequence[str], sets: dict[str, tuple[Texts, Labels]]
 ) -> tuple[dict[str, list[str]], dict[str, torch.Tensor]]:
@@ -291,11 +300,7 @@ def run_round(
     production = registry.production(model_name)
     if production is None:
         raise RuntimeError(f"no production version of {model_name}: bootstrap first")
-    start = (
-        production
-        if config.start_from == "production"
-        else lineage_root(registry, model_name, production)
-    )
+    start = starting_version(registry, model_name, production, config)
     held = {SEED_SET: seed_valid, FEEDBACK_SET: (data.holdout_texts, data.holdout_labels)}
     sets = {name: texts_labels for name, texts_labels in held.items() if texts_labels[0]}
     tcfg = config.train

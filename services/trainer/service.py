@@ -33,12 +33,12 @@ from services.trainer.memo import LogitsMemo
 from services.trainer.rounds import (
     Backlog,
     RoundResult,
-    lineage_root,
     logits_of,
     memo_key,
     plan,
     run_round,
     should_run,
+    starting_version,
 )
 from services.trainer.shadow import ShadowService
 
@@ -219,11 +219,7 @@ class Trainer:
         if production is None:
             return False
         config = self._config
-        start = (
-            production
-            if config.start_from == "production"
-            else lineage_root(self._registry, model_name, production)
-        )
+        start = starting_version(self._registry, model_name, production, config)
         work = [(production.version, self._seed_valid[0])]
         if config.replay_ratio and config.replay_distillation:
             work.append((start.version, self._seed_train[0]))
