@@ -67,7 +67,7 @@ FloatArray = npt.NDArray[np.float32]
 
 # Names carry the quantization recipe, so a changed recipe never reuses old graphs.
 INT8_DYNAMIC_FILE = "model.int8-per-channel.onnx"
-INT8_STATIC_STEM = "model.int8-static-qop-matmul-gemm-no-ffn-out"
+INT8_STATIC_STEM = "model.int8-static-qop-matmul-gemm-no-ffn-out-7bit"
 # Operators whose inputs are quantized with static scales. Quantizing the rest as well
 # (Add, Mul, Softmax, Gather, ...) changed a random tiny BERT's label on 95% of texts:
 # the attention mask's large negative additions and the embeddings lookup lose what
@@ -420,6 +420,11 @@ def quantize_static_onnx(
     per-batch scales of dynamic quantization are not. Weights get a scale per output
     channel; only :data:`STATIC_OPS` are quantized, and not those fed by an activation
     function (see :data:`OUTLIER_ACTIVATIONS`).
+
+    Weights use 7 bits (``reduce_range``): without VNNI, the AVX2 kernels multiply
+    uint8 activations by int8 weights into int16 pairs that saturate with 8-bit
+    weights. On an AVX2-only EPYC the tiny test model's labels then agreed with fp32 on
+    0.625 of texts, and passed its 0.75 floor with 7 bits.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -447,6 +452,7 @@ def quantize_static_onnx(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                reduce_range=True,
             )
         tmp.replace(target)
     finally:

@@ -99,7 +99,7 @@ MIXED_BATCH = 16
 TIMED_CHUNK = 64
 # Bumped whenever the trial, the rules or the candidates change, so old cached
 # choices retire.
-SELECTION_RECIPE = "3"
+SELECTION_RECIPE = "4"
 
 
 @dataclass(frozen=True)
